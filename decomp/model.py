@@ -1,0 +1,324 @@
+"""Whole-model decomposition: walk ``named_modules()``, replace selected layers, report each.
+
+:func:`decompose` never touches its input model; it works on a deep copy. Layers are chosen by
+their kind (``"conv"``: Conv2d with a kernel larger than 1x1, ``"conv1x1"``, ``"linear"``), each
+kind mapped to a method, and per-layer ``overrides`` by name or ``fnmatch`` pattern. Before any
+factor is computed the planned architecture is built on the ``meta`` device and counted: a layer
+whose decomposition would not reduce both its MACs and its parameters is left as it is (the
+"never worse" guard), and its report row says why.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import layers as L
+from .cp import _cp_conv2d
+from .measure import count_macs, count_params, meta_clone
+from .rank import RankSpec, as_policy, resolve_rank
+from .report import LayerReport, Report, describe_layer
+from .svd import _svd_conv1x1, _svd_linear
+from .tucker import _tucker2_conv2d
+
+__all__ = ["decompose", "build_decomposed"]
+
+KINDS = ("conv", "conv1x1", "linear")
+METHOD_PRESETS = {
+    "tucker2": {"conv": "tucker2", "conv1x1": "svd"},
+    "cp": {"conv": "cp", "conv1x1": "svd"},
+    "svd": {"linear": "svd", "conv1x1": "svd"},
+}
+ALLOWED = {"conv": ("tucker2", "cp"), "conv1x1": ("svd", "tucker2", "cp"), "linear": ("svd",)}
+
+def _svd_factorize(layer, rank, **options):
+    return (_svd_linear if isinstance(layer, nn.Linear) else _svd_conv1x1)(layer, rank, **options)
+
+
+def _svd_build(layer, rank, device):
+    return (L.svd_linear_layers if isinstance(layer, nn.Linear) else L.svd_conv1x1_layers)(layer, rank, device)
+
+
+# method -> (factorize: (layer, ranks, **options) -> (Sequential, info), build: empty architecture)
+_DECOMPOSERS = {
+    "svd": (_svd_factorize, _svd_build),
+    "cp": (_cp_conv2d, L.cp_layers),
+    "tucker2": (_tucker2_conv2d, L.tucker2_layers),
+}
+
+
+def _kind(module: nn.Module) -> str | None:
+    if type(module) is nn.Linear:
+        return "linear"
+    if type(module) is nn.Conv2d:
+        return "conv1x1" if tuple(module.kernel_size) == (1, 1) else "conv"
+    return None
+
+
+def _unsupported_reason(module: nn.Module) -> str | None:
+    """Why a conv/linear-like module is never decomposed, or None if it may be."""
+    if isinstance(module, nn.Conv2d) and type(module) is nn.Conv2d:
+        if module.groups != 1:
+            return f"grouped convolution (groups={module.groups}) is not decomposed"
+        return None
+    if type(module) is nn.Linear:
+        return None
+    return f"{type(module).__name__} is not supported (only nn.Conv2d and nn.Linear)"
+
+
+def _method_table(method) -> dict[str, str | None]:
+    if isinstance(method, str):
+        if method not in METHOD_PRESETS:
+            raise ValueError(
+                f"method must be one of {sorted(METHOD_PRESETS)} or a mapping from layer kind "
+                f"{KINDS} to a method; got {method!r}."
+            )
+        table = dict(METHOD_PRESETS[method])
+    elif isinstance(method, Mapping):
+        unknown = set(method) - set(KINDS)
+        if unknown:
+            raise ValueError(f"method keys must be among {KINDS}; got {sorted(unknown)}.")
+        table = dict(method)
+        if "conv" in table and "conv1x1" not in table:
+            table["conv1x1"] = "svd"
+    else:
+        raise TypeError(f"method must be a str or a mapping; got {type(method).__name__}.")
+    for kind, m in table.items():
+        if m is not None and m not in ALLOWED[kind]:
+            raise ValueError(f"method for {kind!r} layers must be one of {ALLOWED[kind]} or None; got {m!r}.")
+    return table
+
+
+def _match_override(name: str, overrides: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """Exact name first, then the first matching fnmatch pattern in the mapping's order."""
+    if name in overrides:
+        return name, overrides[name]
+    for pattern, value in overrides.items():
+        if fnmatch.fnmatchcase(name, pattern):
+            return pattern, value
+    return None
+
+
+def _input_shapes(model: nn.Module, targets: dict[str, nn.Module], input_shape) -> dict[str, tuple]:
+    """Input shape of each target layer in one forward pass at ``input_shape``.
+
+    Runs on a ``meta`` copy of the model (no arithmetic, no state changed); a model with
+    an op that has no meta kernel is run for real on zeros, in eval mode so batch-norm
+    statistics stay untouched, and its training flags are restored afterwards.
+    """
+    shapes: dict[str, tuple] = {}
+
+    def hook(name):
+        def record(module, args):
+            shapes.setdefault(name, tuple(args[0].shape))
+        return record
+
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    try:
+        clone = meta_clone(model)
+        handles = [clone.get_submodule(n).register_forward_pre_hook(hook(n)) for n in targets]
+        with torch.no_grad():
+            clone(torch.empty(input_shape, dtype=dtype, device="meta"))
+    except Exception:  # no meta kernel for some op: fall back to a real forward pass on zeros
+        shapes.clear()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in targets.items()]
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(input_shape, dtype=dtype, device=device))
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+            for h in handles:
+                h.remove()
+    return shapes
+
+
+def _check_planned_ranks(method: str, layer: nn.Module, ranks, name: str):
+    w = layer.weight
+    if method == "svd":
+        return L.check_rank(ranks, min(w.shape[0], w.shape[1]), "rank", name)
+    if method == "cp":
+        return L.check_rank(ranks, L.cp_max_rank(tuple(w.shape)), "rank", name)
+    return (L.check_rank(ranks[0], w.shape[1], "input rank", name),
+            L.check_rank(ranks[1], w.shape[0], "output rank", name))
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def decompose(
+    model: nn.Module,
+    method: str | Mapping[str, str | None] = "tucker2",
+    rank: RankSpec = "vbmf",
+    *,
+    overrides: Mapping[str, RankSpec | Mapping[str, Any] | None] | None = None,
+    input_shape: tuple[int, ...] | None = (1, 3, 224, 224),
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: bool = False,
+) -> tuple[nn.Module, Report]:
+    """Decompose the Conv2d and Linear layers of ``model``; return ``(new_model, report)``.
+
+    Args:
+        model: any ``nn.Module``; it is deep-copied and never modified.
+        method: ``"tucker2"`` (k x k convs by Tucker-2, 1x1 convs by SVD), ``"cp"`` (k x k
+            convs by CP, 1x1 by SVD), ``"svd"`` (Linear and 1x1 convs by truncated SVD), or a
+            mapping from layer kind (``"conv"``, ``"conv1x1"``, ``"linear"``) to a method or
+            ``None``, e.g. ``{"conv": "tucker2", "linear": "svd"}`` for everything.
+        rank: rank policy for every selected layer (see :mod:`decomp.rank`): an int, a
+            ``(r_in, r_out)`` pair, a float fraction, ``Fraction``, ``Energy``, ``"vbmf"`` or ``VBMF``.
+        overrides: per-layer settings by exact name or ``fnmatch`` pattern (exact names win,
+            then the first matching pattern): a rank policy, ``None`` to leave the layer out,
+            or a dict with ``"method"`` and/or ``"rank"``.
+        input_shape: input of one forward pass (batch included) for the MAC counts and the
+            never-worse guard; ``None`` skips MACs and guards on parameters only.
+        method_options: keyword arguments per method, e.g. ``{"cp": {"max_iter": 200}}``.
+        progress: show a tqdm progress bar over the layers.
+
+    Returns:
+        The decomposed copy and a :class:`~decomp.report.Report` with one row per Conv2d,
+        Linear or other convolution-like layer.
+    """
+    table = _method_table(method)
+    default_policy = as_policy(rank)
+    overrides = dict(overrides or {})
+    method_options = dict(method_options or {})
+    for key in method_options:
+        if key not in _DECOMPOSERS:
+            raise ValueError(f"method_options keys must be among {sorted(_DECOMPOSERS)}; got {key!r}.")
+    if input_shape is not None:
+        input_shape = tuple(int(s) for s in input_shape)
+
+    new_model = copy.deepcopy(model)
+    names_of: dict[int, list[str]] = {}
+    for name, module in new_model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(name)
+    candidates = {n: m for n, m in new_model.named_modules()
+                  if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    shapes = _input_shapes(new_model, candidates, input_shape) if input_shape and candidates else {}
+
+    rows, replacements = [], {}
+    for name, layer in tqdm(candidates.items(), desc="decompose", unit="layer", disable=not progress):
+        row, new_layer = _decompose_one(name, layer, shapes.get(name), table, default_policy,
+                                        overrides, method_options)
+        rows.append(row)
+        if new_layer is not None:
+            replacements[name] = (layer, new_layer)
+
+    for name, (layer, new_layer) in replacements.items():
+        for alias in names_of[id(layer)]:
+            if alias == "":
+                new_model = new_layer
+            else:
+                _set_module(new_model, alias, new_layer)
+
+    macs_before = macs_after = None
+    if input_shape is not None and candidates:
+        macs_before = _model_macs(model, input_shape)
+        macs_after = _model_macs(new_model, input_shape)
+    report = Report(rows, input_shape, count_params(model), count_params(new_model), macs_before, macs_after)
+    return new_model, report
+
+
+def _model_macs(model: nn.Module, input_shape) -> int | None:
+    try:
+        return count_macs(model, input_shape)
+    except Exception:  # a model whose forward has no meta kernels: totals are left out
+        return None
+
+
+def _decompose_one(name, layer, in_shape, table, default_policy, overrides, method_options):
+    params_before = count_params(layer)
+    macs_before = count_macs(layer, in_shape) if in_shape is not None else None
+
+    def skip(reason, method=None, ranks=None):
+        return LayerReport(name, describe_layer(layer), method, ranks, params_before, params_before,
+                           macs_before, macs_before, skipped=reason), None
+
+    reason = _unsupported_reason(layer)
+    if reason:
+        return skip(reason)
+    kind = _kind(layer)
+    method, policy = table.get(kind), default_policy
+    match = _match_override(name, overrides)
+    if match is not None:
+        pattern, value = match
+        if value is None:
+            return skip(f"left out by overrides[{pattern!r}]")
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"method", "rank"}
+            if unknown:
+                raise ValueError(f"overrides[{pattern!r}] may only set 'method' and 'rank'; got {sorted(unknown)}.")
+            method = value.get("method", method)
+            if method is not None and method not in ALLOWED[kind]:
+                raise ValueError(f"overrides[{pattern!r}] method for {name} ({kind}) must be one of "
+                                 f"{ALLOWED[kind]}; got {method!r}.")
+            policy = as_policy(value["rank"]) if "rank" in value else policy
+        else:
+            policy = as_policy(value)
+    if method is None:
+        return skip(f"no method selected for {kind} layers")
+
+    L.check_finite(layer, name)
+    ranks = resolve_rank(policy, layer.weight, method, name)
+    ranks = _check_planned_ranks(method, layer, ranks, name)
+    factorize, build = _DECOMPOSERS[method]
+    planned = build(layer, ranks, device="meta")
+    params_after = count_params(planned)
+    macs_after = count_macs(planned, in_shape) if in_shape is not None else None
+    if params_after >= params_before or (macs_before is not None and macs_after >= macs_before):
+        what = f"params {params_before} -> {params_after}"
+        if macs_before is not None:
+            what += f", MACs {macs_before} -> {macs_after}"
+        return skip(f"not decomposed: {method} at ranks {ranks} would not reduce cost ({what})", method, ranks)
+
+    new_layer, info = factorize(layer, ranks, **method_options.get(method, {}))
+    rel_error = info.pop("rel_error")
+    row = LayerReport(name, describe_layer(layer), method, ranks, params_before, params_after,
+                      macs_before, macs_after, rel_error=rel_error, info=info)
+    return row, new_layer
+
+
+def build_decomposed(model: nn.Module, report: Report | Iterable[Mapping[str, Any]]) -> nn.Module:
+    """The decomposed architecture of ``report`` around a copy of ``model``, weights uninitialised.
+
+    Computes no factorization: it only rebuilds the layers that the report (or its
+    :meth:`~decomp.report.Report.to_records`, e.g. read back from JSON) says were decomposed,
+    so that a saved ``state_dict`` of the decomposed model loads into it::
+
+        new_model, report = decompose(model, ...)
+        torch.save(new_model.state_dict(), "model.pt")
+        skeleton = build_decomposed(model, report)
+        skeleton.load_state_dict(torch.load("model.pt", weights_only=True))
+    """
+    rows = report.to_records() if isinstance(report, Report) else list(report)
+    new_model = copy.deepcopy(model)
+    for row in rows:
+        if row.get("skipped") is not None:
+            continue
+        name, method, ranks = row["name"], row["method"], row["ranks"]
+        if method not in _DECOMPOSERS:
+            raise ValueError(f"report row {name!r} has method {method!r}; expected one of {sorted(_DECOMPOSERS)}.")
+        try:
+            layer = new_model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"report row {name!r} names no module of this model.") from None
+        ranks = tuple(ranks) if isinstance(ranks, list) else ranks
+        build = _DECOMPOSERS[method][1]
+        new_layer = build(layer, ranks, device="meta").to_empty(device=layer.weight.device)
+        if name == "":
+            new_model = new_layer
+        else:
+            _set_module(new_model, name, new_layer)
+    return new_model

@@ -1,0 +1,109 @@
+"""decomp.train: the loss goes down, resume is exact, a finished checkpoint is reused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from decomp import train as T
+from decomp.data import Split
+from decomp.train import TrainConfig, evaluate, lr_factor, make_optimizer, train
+
+CONFIG = TrainConfig(epochs=3, batch_size=16, lr=2.0, warmup_frac=0.1, seed=0)
+
+
+def _data(n: int = 96) -> Split:
+    """Images whose brightness gives the label (0..3): learnable in a few steps."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 4
+    images = (labels.view(-1, 1, 1, 1) * 60 + torch.randint(0, 40, (n, 3, 32, 32), generator=g))
+    return Split(images.to(torch.uint8), labels)
+
+
+def _model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(8, 10),
+    )
+
+
+def test_training_lowers_the_loss():
+    model, data = _model(), _data()
+    before = evaluate(model, data)
+    result = train(model, data, CONFIG, progress=False)
+    after = evaluate(model, data)
+    assert after["loss"] < before["loss"] - 0.3 and after["accuracy"] > before["accuracy"]
+    assert result.complete and [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert after["count"] == 96 and model.training  # evaluate restores the mode
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = _data()
+    whole = _model()
+    train(whole, data, CONFIG, checkpoint=tmp_path / "whole.pt", progress=False)
+
+    first = _model()
+    part = train(first, data, CONFIG, checkpoint=tmp_path / "split.pt", progress=False, stop_after_epoch=1)
+    assert part.epochs_done == 1 and not part.complete
+    torch.rand(5)  # the caller's RNG moves on in between; the checkpoint's must be used
+    resumed_model = _model(seed=123)  # different init: the weights must come from the checkpoint
+    resumed = train(resumed_model, data, CONFIG, checkpoint=tmp_path / "split.pt", progress=False)
+    assert resumed.start_epoch == 1 and resumed.complete and len(resumed.history) == 3
+    for (name, a), b in zip(whole.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_finished_checkpoint_is_loaded_without_training(tmp_path, monkeypatch):
+    data, path = _data(), tmp_path / "done.pt"
+    trained = _model()
+    first = train(trained, data, CONFIG, checkpoint=path, test_data=data, progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(T, "train_epoch", no_training)
+    fresh = _model(seed=7)
+    again = train(fresh, data, CONFIG, checkpoint=path, test_data=data, progress=False)
+    assert again.skipped and again.test == first.test and again.history == first.history
+    for a, b in zip(trained.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_with_other_settings_is_refused(tmp_path):
+    data, path = _data(32), tmp_path / "c.pt"
+    config = dataclasses.replace(CONFIG, epochs=1)
+    train(_model(), data, config, checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match=r"lr: checkpoint 2\.0 != requested 0\.5"):
+        train(_model(), data, dataclasses.replace(config, lr=0.5), checkpoint=path, progress=False)
+    with pytest.raises(ValueError, match="model_config.width"):
+        train(_model(), data, config, checkpoint=path, model_config={"width": 2.0}, progress=False)
+
+
+def test_callers_rng_is_left_alone():
+    model, data = _model(), _data(32)
+    state = torch.get_rng_state()
+    train(model, data, dataclasses.replace(CONFIG, epochs=1), progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_schedule_and_weight_decay_groups():
+    assert lr_factor(0, 100, 0.1) == pytest.approx(1 / 11)
+    assert lr_factor(9, 100, 0.1) == pytest.approx(10 / 11)
+    assert lr_factor(10, 100, 0.1) == 1.0
+    assert lr_factor(99, 100, 0.1, 0.0) == pytest.approx(1 / 90)
+    optimizer = make_optimizer(_model(), TrainConfig(batch_size=256, lr=0.4))
+    decayed, plain = optimizer.param_groups
+    assert [p.ndim for p in decayed["params"]] == [4, 2] and decayed["weight_decay"] == 5e-4
+    assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0.0
+    assert decayed["lr"] == pytest.approx(0.4 * 256 / 512) and decayed["nesterov"]
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="pad_mode"):
+        TrainConfig(pad_mode="edge")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
