@@ -1,0 +1,143 @@
+"""Rewrite the README's results section from the files in results/ (no figure typed by hand).
+
+    python scripts/update_readme.py          # rewrites the block between the results markers
+    python scripts/update_readme.py --check  # exit 1 if the README is out of date
+
+Every number in the block is read from a CSV in results/; each bullet names its file, whose
+JSON sidecar says how it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+START, END = "<!-- results:start (scripts/update_readme.py) -->", "<!-- results:end -->"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def cp_als_lines() -> list[str]:
+    path = ROOT / "results/cp_als/cp_als_vs_tensorly.csv"
+    if not path.exists():
+        return []
+    lines = ["**CP-ALS against tensorly's `parafac`** (same init, same sweeps; "
+             "[`results/cp_als/`](results/cp_als/README.md)):", ""]
+    for row in read_csv(path):
+        if row["shape"].startswith("512x512"):
+            lines.append(f"- {row['shape']} at rank {row['rank']}, {row['iterations']} sweeps: "
+                         f"{float(row['tensorly time s']):.2f} s -> {float(row['ours time s']):.2f} s, "
+                         f"**x{float(row['speedup x']):.1f} faster**, error ratio {float(row['error ratio']):.6f}")
+    total = [r for r in read_csv(ROOT / "results/cp_als/vgg16_all_convs.csv") if r["layer"] == "total"]
+    if total:
+        lines.append(f"- all VGG16 3x3 convs but the first, CP at rank T/4: "
+                     f"**{float(total[0]['time s']):.1f} s** in total")
+    return lines + [""]
+
+
+def layer_lines() -> list[str]:
+    path = ROOT / "results/layers/vgg16_cpu_b1_t1.csv"
+    if not path.exists():
+        return []
+    rows = read_csv(path)
+    lines = ["**Per-layer CPU latency, batch 1, 1 thread** (random weights; "
+             "[`results/layers/`](results/layers/README.md)):", ""]
+    target = [r for r in rows if r["method"] == "tucker2" and r["fraction"] == "1/3" and r["kind"] == "conv"
+              and min(int(r["in"]), int(r["out"])) >= 128]
+    for fmt in ("nchw", "channels_last"):
+        sel = [r for r in target if r["memory_format"] == fmt]
+        if sel:
+            met = sum(float(r["efficiency"]) >= 0.7 for r in sel)
+            effs = [float(r["efficiency"]) for r in sel]
+            lines.append(f"- VGG16 Tucker-2 at (S/3, T/3), 3x3 convs with >= 128 channels, {fmt}: "
+                         f"efficiency (speedup / MAC reduction) {min(effs):.2f}-{max(effs):.2f}, "
+                         f">= 0.7 on {met} of {len(sel)} layers")
+    for model in ("vgg16", "alexnet"):
+        mrows = read_csv(ROOT / f"results/layers/{model}_cpu_b1_t1.csv")
+        for method in ("tucker2", "cp", "svd"):
+            sel = [r for r in mrows if r["method"] == method]
+            if sel:
+                best = max(sel, key=lambda r: float(r["speedup"]))
+                lines.append(f"- {model} best {method}: x{float(best['speedup']):.1f} measured on {best['layer']} "
+                             f"(ranks {best['ranks']}, {best['memory_format']}) for a x{float(best['mac_reduction']):.1f} "
+                             f"MAC reduction")
+    return lines + [""]
+
+
+def cifar_lines() -> list[str]:
+    lines = []
+    for profile in ("cpu", "gpu", "smoke"):
+        path = ROOT / f"results/cifar10/{profile}/summary.csv"
+        if not path.exists():
+            continue
+        rows = read_csv(path)
+        lines += [f"**CIFAR-10 fine-tuning, `{profile}` profile** "
+                  f"([`results/cifar10/{profile}/`](results/cifar10/{profile}/README.md)):", ""]
+        lines += _cifar_rows(rows)
+        lines.append("")
+    return lines
+
+
+def _num(row, *names):
+    for name in names:
+        if name in row and row[name] not in ("", "nan", None):
+            return float(row[name])
+    return None
+
+
+def _cifar_rows(rows) -> list[str]:
+    out = []
+    header = rows[0].keys() if rows else []
+    speed_col = next((c for c in header if "speedup" in c.lower() and "b1" in c.lower()), None)
+    drop_col = next((c for c in header if c.lower() in ("delta", "drop", "top1_drop", "delta_top1", "Δ")), None)
+    if speed_col is None:
+        return [f"- see `summary.md` (columns: {', '.join(header)})"]
+    for limit in (1.0, 3.0):
+        ok = []
+        for r in rows:
+            speed, delta = _num(r, speed_col), _num(r, drop_col) if drop_col else None
+            if speed is not None and delta is not None and -delta <= limit:
+                ok.append((speed, r))
+        if ok:
+            speed, r = max(ok, key=lambda t: t[0])
+            out.append(f"- best measured CPU speedup (batch 1) with at most {limit:g} point(s) of top-1 lost: "
+                       f"**x{speed:.2f}** ({r.get('model', '')} {r.get('variant', '')})")
+    return out or [f"- see `summary.md`"]
+
+
+def render() -> str:
+    body = cp_als_lines() + layer_lines() + cifar_lines()
+    if not body:
+        body = ["No results yet: run the scripts listed above.", ""]
+    return "\n".join([START, "", *body, END])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args(argv)
+    text = README.read_text()
+    if START not in text or END not in text:
+        print(f"README.md has no results markers ({START} ... {END})", file=sys.stderr)
+        return 2
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    new = before + render() + after
+    if args.check:
+        return 0 if new == text else 1
+    if new != text:
+        tmp = README.with_suffix(".md.tmp")
+        tmp.write_text(new)
+        tmp.replace(README)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
