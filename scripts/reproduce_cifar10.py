@@ -1,0 +1,349 @@
+"""Reproduce the x2-x4 speedup / accuracy claims on CIFAR-10: train, decompose, fine-tune, time.
+
+    PYTHONPATH=. .venv/bin/python scripts/reproduce_cifar10.py --profile smoke   # ~1-2 min, no data needed
+    PYTHONPATH=. .venv/bin/python scripts/reproduce_cifar10.py --profile cpu     # full CIFAR-10, ~50 min
+    PYTHONPATH=. .venv/bin/python scripts/reproduce_cifar10.py --profile gpu     # full widths, one H100
+
+Stages, each cached under ``--cache`` and skipped on a re-run (files written atomically):
+(1) data (decoded once into ``--data-cache``), (2) baseline training per model
+(``decomp.train`` checkpoint, resumable), (3) per model and variant (``decomp.reproduce``):
+decomposition + top-1 before fine-tuning, fine-tuning + top-1 after, CPU (and GPU) timing
+against the baseline interleaved in the same run. Then ``--out`` gets ``summary.{csv,md}``,
+``layers.{csv,md}``, ``accuracy_vs_speedup.png`` and ``README.md``, each with a JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a shared CPU
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from decomp.data import Split, load_cifar10  # noqa: E402
+from decomp.measure import count_macs, count_params  # noqa: E402
+from decomp.reproduce import (  # noqa: E402
+    best_speedups, claims_markdown, plot_accuracy_vs_speedup, run_variant, subset, variant_table,
+)
+from decomp.runinfo import atomic_write_text, write_sidecar  # noqa: E402
+from decomp.train import TrainConfig, train  # noqa: E402
+from decomp.zoo import ModelConfig  # noqa: E402
+
+SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that sizes a run. Units in the comments."""
+
+    name: str
+    models: tuple = (("vgg16_bn", 0.25),)  # (model, channel width multiplier) pairs, run in order
+    embedded: bool = False           # True: the embedded 5,000 + 1,000 image subset
+    epochs: int = 8                  # baseline passes over the training set
+    batch_size: int = 512            # baseline images per step
+    lr: float = 0.4                  # baseline peak lr per 512 images
+    ft_epochs: int = 1               # fine-tuning passes over the fine-tuning subset
+    ft_images: int = 10_000          # training images used for fine-tuning (0 = all)
+    ft_batch_size: int = 256         # fine-tuning images per step
+    fractions: tuple = (1 / 3, 1 / 4, 1 / 6)  # rank fractions of the channels; first = origin's S/3, T/3
+    vbmf: bool = True                # also VBMF ranks (SVD, Tucker-2)
+    cp_vbmf: bool = False            # also VBMF ranks for CP
+    test_images: int = 0             # test images for top-1 (0 = all 10,000)
+    cpu_batches: tuple = (1, 256)    # images per forward for CPU timing (1 thread, thread CPU clock)
+    gpu_batches: tuple = (1, 256)    # images per forward for GPU timing (if CUDA is present)
+    min_run_s: float = 1.0           # seconds of timing per model (base, variant) per batch size
+    rounds: int = 3                  # interleaved timing rounds
+    device: str = "cpu"              # training/eval device: "cpu" or "cuda"
+    budget_s: float = 0.0            # start no new variant after this many seconds of run (0 = no limit)
+    seed: int = 0                    # model init, data order, augmentation, dropout, subsets
+
+
+PROFILES = {
+    "smoke": Profile(
+        "smoke", models=(("vgg16_bn", 0.0625), ("alexnet", 0.0625)), embedded=True, epochs=1,
+        batch_size=256, ft_images=1024, ft_batch_size=256, cpu_batches=(1, 32), min_run_s=0.06,
+        rounds=2, gpu_batches=(1, 32),
+    ),
+    # 2-core shared CPU: VGG16-BN w0.25 takes ~130 s per epoch, so 8 baseline epochs (~18 min),
+    # fine-tuning 1 epoch on 10,000 images per variant, fractions 1/3 and 1/6 plus VBMF.
+    # AlexNet (~100 s per epoch) does not fit in the same ~50 minutes and is left out.
+    "cpu": Profile(
+        "cpu", models=(("vgg16_bn", 0.25),), epochs=8, fractions=(1 / 3, 1 / 6), budget_s=2700,
+        cpu_batches=(1, 256), min_run_s=1.0,
+    ),
+    # One H100/H200: full widths, bf16 autocast (decomp.train), fine-tuning on the whole set.
+    # CPU timing at width 1 is slow at 1 thread, so its large batch is 16 there.
+    "gpu": Profile(
+        "gpu", models=(("vgg16_bn", 1.0), ("alexnet", 1.0)), epochs=15, ft_images=0,
+        ft_batch_size=512, device="cuda", cpu_batches=(1, 16), gpu_batches=(1, 256),
+        min_run_s=0.6, rounds=2, budget_s=540,
+    ),
+}
+
+
+def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    p.add_argument("--data", default=None, help="CIFAR-10 path (default: the shared JPEG archive "
+                   "for cpu/gpu, the embedded subset for smoke)")
+    p.add_argument("--out", type=Path, default=None, help="default results/cifar10/<profile>")
+    p.add_argument("--cache", type=Path, default=None, help="default .cache/decomp/cifar10/<profile>")
+    p.add_argument("--data-cache", type=Path, default=Path(".cache/decomp"),
+                   help="decoded CIFAR-10 tensors (shared by profiles)")
+    p.add_argument("--epochs", type=int, help="override the profile's baseline epochs")
+    p.add_argument("--budget-s", type=float, help="override the profile's time budget (s)")
+    p.add_argument("--device", help="override the profile's device")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    prof = PROFILES[a.profile]
+    over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device))
+            if v is not None}
+    prof = replace(prof, **over)
+    a.out = a.out or Path("results/cifar10") / prof.name
+    a.cache = a.cache or Path(".cache/decomp/cifar10") / prof.name
+    return prof, a
+
+
+def data_path(prof: Profile, data: str | None) -> str | None:
+    if data is not None:
+        return None if data == "embedded" else data
+    if prof.embedded:
+        return None
+    if SHARED_JPEG.is_file():
+        return str(SHARED_JPEG)
+    raise SystemExit(
+        f"--profile {prof.name} needs full CIFAR-10 and {SHARED_JPEG} is not there. Pass --data PATH: "
+        "a folder with cifar-10-batches-py (python -c \"import torchvision; "
+        "torchvision.datasets.CIFAR10('data', download=True)\" then --data data), or a folder / "
+        ".tar.gz with train/<class>/*.jpg and test/<class>/*.jpg.")
+
+
+def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress: bool) -> tuple:
+    tcfg = TrainConfig(epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr, seed=prof.seed)
+    torch.manual_seed(prof.seed)  # model init
+    model = mcfg.build()
+    res = train(model, data.train, tcfg, checkpoint=cache / f"{mcfg.name}_w{mcfg.width:g}" / "baseline.pt",
+                test_data=data.test, device=prof.device, model_config=mcfg,
+                meta={"data": data.description}, progress=progress)
+    return model.eval(), res, tcfg
+
+
+def finetune_config(prof: Profile, lr: float) -> TrainConfig:
+    return TrainConfig(epochs=prof.ft_epochs, batch_size=prof.ft_batch_size, lr=lr,
+                       warmup_frac=0.1, seed=prof.seed)
+
+
+def main(argv=None) -> None:
+    prof, args = parse(argv)
+    t0 = time.perf_counter()
+    progress = not args.no_progress
+    stage_s: dict = {}
+    log = lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")  # noqa: E731
+
+    # (1) data
+    start = time.perf_counter()
+    data = load_cifar10(data_path(prof, args.data), cache_dir=args.data_cache)
+    test = subset(data.test, prof.test_images, prof.seed)
+    data = type(data)(data.train, test, data.description)
+    ft_train = subset(data.train, prof.ft_images, prof.seed)
+    stage_s["data"] = time.perf_counter() - start
+    log(f"data: {data.description['dataset']}, {len(data.train)} train / {len(test)} test")
+
+    rows, layer_rows, skipped, lrs = [], [], [], {}
+    for model_name, width in prof.models:
+        mcfg = ModelConfig(name=model_name, width=width)
+        tag = f"{mcfg.name}_w{width:g}"
+        # (2) baseline
+        start = time.perf_counter()
+        base, res, tcfg = train_baseline(mcfg, prof, data, args.cache, progress)
+        stage_s[f"{tag}/baseline"] = {"seconds": time.perf_counter() - start, "cached": res.skipped}
+        base_info = {"model": tag, "top1": res.test["accuracy"], "params": count_params(base),
+                     "macs": count_macs(base, (1, 3, 32, 32)), "model_config": mcfg.to_dict()}
+        log(f"{tag} baseline top-1 {100 * res.test['accuracy']:.2f}%"
+            + (" (cached)" if res.skipped else f" ({res.elapsed_s:.0f} s)"))
+        rows.append({"model": tag, "variant": "baseline", "family": "baseline", "ranks": "",
+                     "layer_ranks": "", "top1_base": base_info["top1"], "top1_before": base_info["top1"],
+                     "top1_after": base_info["top1"], "delta_points": 0.0, "params": base_info["params"],
+                     "params_x": 1.0, "macs": base_info["macs"], "macs_x": 1.0,
+                     "finetune_lr": None, "baseline_epochs": prof.epochs, "baseline_lr": prof.lr})
+        # (3) variants
+        table = variant_table(prof.fractions, vbmf=prof.vbmf, cp_vbmf=prof.cp_vbmf)
+        timing = {"cpu_batches": prof.cpu_batches, "gpu_batches": prof.gpu_batches,
+                  "min_run_time": prof.min_run_s, "rounds": prof.rounds}
+        for v in tqdm(table, desc=f"{tag} variants", disable=not progress):
+            done = (args.cache / tag / v.name / "result.json").is_file()
+            if prof.budget_s and time.perf_counter() - t0 > prof.budget_s and not done:
+                skipped.append(f"{tag} {v.name}")
+                continue
+            row, st = run_variant(base, v, train_data=ft_train, test_data=test,
+                                  cache=args.cache / tag, finetune=finetune_config(prof, v.lr),
+                                  device=prof.device, timing=timing, base_info=base_info,
+                                  progress=progress)
+            row["baseline_epochs"], row["baseline_lr"] = prof.epochs, prof.lr
+            rows.append(row)
+            lrs[v.family] = v.lr
+            for r in st["records"]:
+                layer_rows.append({"model": tag, "variant": v.name, **{k: r[k] for k in (
+                    "name", "layer", "method", "ranks", "params_before", "params_after",
+                    "macs_before", "macs_after", "rel_error", "skipped")}})
+            stage_s[f"{tag}/{v.name}"] = {k: st[k] for k in st if k.endswith("_s") or k.endswith("cached")}
+            log(f"{tag} {v.name}: top-1 {100 * row['top1_before']:.2f}% -> {100 * row['top1_after']:.2f}%, "
+                f"MACs x{row['macs_x']:.2f}, CPU b1 x{row['cpu_b1_speedup']:.2f}"
+                + (" (cached)" if st["cached"] else ""))
+    stage_s["total"] = time.perf_counter() - t0
+    write_outputs(rows, layer_rows, skipped, prof, args, data.description, stage_s)
+    log(f"wrote {args.out}")
+
+
+# ----------------------------------------------------------------------------------------
+# Outputs
+
+
+def _markdown_table(df, columns: dict) -> str:
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    for _, r in df.iterrows():
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            if v is None or (isinstance(v, float) and v != v):
+                cells.append("")
+            elif c in ("top1_base", "top1_before", "top1_after"):
+                cells.append(f"{100 * v:.2f}")
+            elif c == "delta_points":
+                cells.append(f"{v:+.2f}")
+            elif c.endswith("_x") or c.endswith("_speedup"):
+                cells.append(f"x{v:.2f}")
+            elif c == "finetune_lr":
+                cells.append(f"{v:g}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_columns(df) -> dict:
+    cols = {"model": "model", "variant": "variant", "ranks": "ranks", "top1_before": "top-1 before FT (%)",
+            "top1_after": "top-1 after FT (%)", "delta_points": "Δ (points)", "params_x": "params ×",
+            "macs_x": "MACs ×"}
+    for c in df.columns:
+        if c.endswith("_speedup"):
+            dev, b = c.split("_")[0], c.split("_b")[1].split("_")[0]
+            cols[c] = f"{dev.upper()} b{b} speedup"
+    cols["finetune_lr"] = "FT lr"
+    return cols
+
+
+def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s) -> None:
+    import pandas as pd
+
+    out: Path = args.out
+    df = pd.DataFrame(rows)
+    extra = {"profile": asdict(prof), "seed": prof.seed, "torch_threads_train": torch.get_num_threads(),
+             "timing": {"cpu": "1 thread, thread CPU clock, interleaved with the baseline",
+                        "gpu": "wall clock, synchronised" if torch.cuda.is_available() else None},
+             "data": {k: data_desc.get(k) for k in ("dataset", "source_kind", "path", "sha256",
+                                                    "train_count", "test_count")},
+             "stage_seconds": stage_s, "skipped_for_budget": skipped}
+    command = " ".join(["python", "scripts/reproduce_cifar10.py", *sys.argv[1:]]) if argv_is_cli() else None
+
+    def save_text(name: str, text: str) -> None:
+        atomic_write_text(out / name, text)
+        write_sidecar(out / name, command=command, extra=extra)
+
+    save_text("summary.csv", df.to_csv(index=False))
+    cols = summary_columns(df)
+    ldf = pd.DataFrame(layer_rows)
+    save_text("layers.csv", ldf.to_csv(index=False))
+    save_text("summary.md", f"# CIFAR-10 reproduction, profile `{prof.name}`\n\n"
+              + _markdown_table(df, cols))
+    lcols = {c: c for c in ("model", "variant", "name", "layer", "method", "ranks", "params_before",
+                            "params_after", "macs_before", "macs_after", "rel_error", "skipped")}
+    ldf_md = ldf.copy()
+    if not ldf_md.empty:
+        ldf_md["rel_error"] = ldf_md["rel_error"].map(lambda x: "" if x != x or x is None else f"{x:.3f}")
+    save_text("layers.md", "# Per-layer decompositions\n\n" + _markdown_table(ldf_md, lcols))
+    if len(df) > len(prof.models):
+        plot_accuracy_vs_speedup(df, out / "accuracy_vs_speedup.png")
+        write_sidecar(out / "accuracy_vs_speedup.png", command=command, extra=extra)
+    save_text("README.md", readme(df, prof, command, data_desc, stage_s, skipped))
+
+
+def argv_is_cli() -> bool:
+    return Path(sys.argv[0]).name == Path(__file__).name
+
+
+def readme(df, prof: Profile, command: str | None, data_desc: dict, stage_s: dict, skipped: list) -> str:
+    cmd = command or f"python scripts/reproduce_cifar10.py --profile {prof.name}"
+    best = []
+    for drop in (1.0, 3.0):
+        for col in [c for c in df.columns if c.endswith("_speedup")]:
+            b = best_speedups(df, drop, col)
+            for _, r in b.iterrows():
+                best.append(f"- {r['model']}, ≤ {drop:g} point(s) top-1 lost, {col}: "
+                            f"**x{r[col]:.2f}** ({r['variant']}, Δ {r['delta_points']:+.2f})")
+    fields_doc = "\n".join(f"| `{f.name}` | {getattr(prof, f.name)!r} |" for f in fields(prof))
+    return f"""# CIFAR-10 reproduction of the speedup/accuracy claims (profile `{prof.name}`)
+
+Written by `scripts/reproduce_cifar10.py`. The command:
+
+```sh
+PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE .venv/bin/python {cmd.removeprefix('python ')}
+```
+
+Data: {data_desc.get('dataset')} (`{data_desc.get('source_kind')}`, sha256 `{data_desc.get('sha256')}`),
+{data_desc.get('train_count')} training / {data_desc.get('test_count')} test images
+(top-1 on {prof.test_images or data_desc.get('test_count')} test images).
+Wall time of this run: {stage_s.get('total', 0):.0f} s (cached stages cost ~0; per stage in the sidecars).
+
+| file | what |
+| --- | --- |
+| `summary.csv`, `summary.md` | one row per model and variant: ranks, top-1 before/after fine-tuning, Δ, params ×, MACs ×, measured speedups, fine-tuning lr |
+| `layers.csv`, `layers.md` | every Conv2d/Linear of every variant: method, ranks, params, MACs, relative error, why skipped |
+| `accuracy_vs_speedup.png` | top-1 after fine-tuning against measured speedup, the claim's x2-x4 band shaded |
+| `*.json` | sidecar of each file: command, git sha, versions, hardware, threads, seed, data sha256, seconds per stage |
+
+## How it was made
+
+Profile settings:
+
+| field | value |
+| --- | --- |
+{fields_doc}
+
+- Baseline: `decomp.train` (SGD + Nesterov, label smoothing 0.1, linear warmup/decay, random crop + flip),
+  {prof.epochs} epochs, batch {prof.batch_size}, peak lr {prof.lr:g} per 512 images.
+- Variants: each family at the origin's heuristic rank (first fraction, R = S/3, T/3 for
+  Tucker-2; R = T/3 for CP; min(m, n)/3 for SVD), VBMF ranks where listed, and more aggressive
+  fractions. The first conv (3 input channels) and the last Linear (10 outputs) are never
+  decomposed. A layer whose decomposition would not cut both its MACs and its params is left
+  as it is (`layers.md` says why).
+- Fine-tuning: {prof.ft_epochs} epoch(s) on {prof.ft_images or 'all'} training images (seeded subset),
+  batch {prof.ft_batch_size}, 10% warmup then linear decay, lr per family in the table (BN nets
+  take far larger steps than the origin's ~1e-6 for CP on a plain VGG16).
+- Speed: the baseline and each variant timed interleaved in the same run
+  (`decomp.measure.time_interleaved`, eval, `inference_mode`, fp32, NCHW); CPU at 1 thread with the
+  thread CPU clock (the machine is shared), batches {prof.cpu_batches}; GPU (when present) wall clock
+  with synchronisation, batches {prof.gpu_batches}. Speedup = baseline median / variant median.
+""" + (f"- Not run for the time budget ({prof.budget_s:g} s): {', '.join(skipped)}.\n" if skipped else "") + f"""
+## Best measured speedups
+
+{chr(10).join(best) if best else '- no variant within 3 points.'}
+
+## The origin's claims against these measurements
+
+{claims_markdown(df)}
+"""
+
+
+if __name__ == "__main__":
+    main()
