@@ -13,6 +13,7 @@ fine-tuning stable; the layer's function is unchanged by the balancing.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .cp_als import balance_cp, cp_als, cp_tensorly
@@ -29,8 +30,10 @@ def _cp_conv2d(layer: nn.Conv2d, rank: int, *, algorithm: str = "als", max_iter:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {sorted(ALGORITHMS)}; got {algorithm!r}.")
     check_rank(rank, cp_max_rank(tuple(layer.weight.shape)), layer=f"Conv2d({layer.extra_repr()})")
-    result = ALGORITHMS[algorithm](layer.weight.detach(), rank, max_iter=max_iter, tol=tol,
-                                   init=init, seed=seed)
+    weight = layer.weight.detach()
+    if weight.dtype not in (torch.float32, torch.float64):  # half/bfloat16: fit in float32
+        weight = weight.float()
+    result = ALGORITHMS[algorithm](weight, rank, max_iter=max_iter, tol=tol, init=init, seed=seed)
     a, b, c, d = balance_cp(result)  # (T, R), (S, R), (kh, R), (kw, R)
     weights = [b.T, c.T, d.T, a]     # (R, S), (R, kh), (R, kw), (T, R): conv weight layouts
     layers = fill_(cp_layers(layer, rank, device="meta"), weights, layer)

@@ -169,3 +169,10 @@ def test_non_finite_weights_raise(bad):
     for build, ranks in ((tucker2_conv2d, (2, 2)), (cp_conv2d, 2)):
         with pytest.raises(ValueError, match="1 NaN/Inf value"):
             build(layer, ranks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_layers_keep_their_dtype(dtype):
+    layer = nn.Conv2d(S, T, 3, padding=1).to(dtype)
+    for seq in (tucker2_conv2d(layer, (4, 4)), cp_conv2d(layer, 4, max_iter=5)):
+        assert all(p.dtype == dtype for p in seq.parameters())
