@@ -59,8 +59,10 @@ class VBMF:
     """Empirical VBMF rank, optionally weakened (Gusak et al. 2019, MUSCO).
 
     ``factor`` in [0, 1] moves the rank from the full rank ``n`` toward the VBMF rank ``v``:
-    ``rank = n - factor * (n - v)``; ``factor=1`` (default) is plain VBMF. The result is
-    clipped to ``[min_rank, n]``, so ``min_rank`` also applies when VBMF finds no signal.
+    ``rank = n - factor * (n - v)``; ``factor=1`` (default) is plain VBMF. As in MUSCO, the
+    result is at least ``min_rank``, a mode with ``n <= min_rank`` keeps its full rank, and so
+    does a mode where VBMF finds no component above the noise (``v = 0``): with no estimate,
+    nothing is cut (the never-worse guard of ``decompose`` then leaves such a layer as it is).
     """
 
     factor: float = 1.0
@@ -129,8 +131,9 @@ def _mode_rank(policy: Policy, unfolding: torch.Tensor) -> int:
         return _energy_rank(s, policy.value)
     if isinstance(policy, VBMF):
         v = evbmf(unfolding).rank
-        weakened = int(full - policy.factor * (full - v))
-        return max(min(weakened, full), min(policy.min_rank, full))
+        if full <= policy.min_rank or v == 0:
+            return full
+        return max(int(full - policy.factor * (full - v)), policy.min_rank)
     raise TypeError(f"unexpected policy {policy!r}")  # pragma: no cover - as_policy filters
 
 

@@ -67,8 +67,8 @@ def _free_energy(sigma2: float, L: int, M: int, s: np.ndarray, residual: float, 
     z1 = x[x > x_bar]
     z2 = x[x <= x_bar]
     tau_z1 = _tau(z1, alpha)
-    with np.errstate(divide="ignore"):
-        term1 = np.sum(z2 - np.log(z2))
+    # eps keeps log finite for exactly zero singular values (rank-deficient input)
+    term1 = np.sum(z2 - np.log(z2 + np.finfo(np.float64).eps))
     term2 = np.sum(z1 - tau_z1)
     term3 = np.sum(np.log((tau_z1 + 1) / z1))
     term4 = alpha * np.sum(np.log(tau_z1 / alpha + 1))

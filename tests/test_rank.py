@@ -89,7 +89,7 @@ def test_vbmf_ranks_on_planted_tucker_kernel():
     assert resolve_rank(VBMF(min_rank=10), w, "tucker2") == (10, 10)
 
 
-def test_vbmf_on_noise_falls_back_to_min_rank():
+def test_vbmf_on_noise_keeps_the_full_rank_as_musco_does():
     w = torch.from_numpy(np.random.default_rng(0).standard_normal((40, 60)))
-    assert resolve_rank(VBMF(), w, "svd") == 1
-    assert resolve_rank(VBMF(min_rank=4), w, "svd") == 4
+    assert resolve_rank(VBMF(), w, "svd") == 40
+    assert resolve_rank(VBMF(min_rank=50), torch.randn(30, 80, dtype=torch.float64), "svd") == 30

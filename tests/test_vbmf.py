@@ -85,3 +85,10 @@ def test_bad_input(bad, error, match):
 def test_bad_sigma2():
     with pytest.raises(ValueError, match="sigma2 must be a positive finite float"):
         evbmf(np.eye(4), sigma2=-1.0)
+
+
+@pytest.mark.parametrize("shape", [(40, 60), (60, 40), (10, 300)])
+def test_exactly_low_rank_without_noise(shape):
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((shape[0], 5)) @ rng.standard_normal((5, shape[1]))
+    assert evbmf(y).rank == 5
