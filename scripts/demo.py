@@ -63,7 +63,8 @@ def main(argv=None) -> int:
     _, report = decomp.decompose(model, method=METHODS[args.method], rank=args.rank, overrides=overrides,
                                  input_shape=(1, 3, args.input_size, args.input_size), progress=True)
     seconds = time.perf_counter() - start
-    title = (f"# {args.model} (random init), method {args.method}, rank {args.rank}, "
+    rank = f"{args.rank:.4g}" if isinstance(args.rank, float) else args.rank
+    title = (f"# {args.model} (random init), method {args.method}, rank {rank}, "
              f"input {args.input_size}x{args.input_size}\n\n")
     text = title + report.to_markdown() + f"\ndecomposition time: {seconds:.1f} s\n"
     print(text)
