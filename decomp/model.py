@@ -166,6 +166,7 @@ def decompose(
     overrides: Mapping[str, RankSpec | Mapping[str, Any] | None] | None = None,
     input_shape: tuple[int, ...] | None = (1, 3, 224, 224),
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    rank_multiple: int = 1,
     progress: bool = False,
 ) -> tuple[nn.Module, Report]:
     """Decompose the Conv2d and Linear layers of ``model``; return ``(new_model, report)``.
@@ -184,6 +185,10 @@ def decompose(
         input_shape: input of one forward pass (batch included) for the MAC counts and the
             never-worse guard; ``None`` skips MACs and guards on parameters only.
         method_options: keyword arguments per method, e.g. ``{"cp": {"max_iter": 200}}``.
+        rank_multiple: round every resolved rank up to a multiple of this (capped at the
+            mode's size). CPU and GPU kernels work in channel blocks (16 fp32 lanes with
+            AVX-512, oneDNN's blocking): a 43-channel conv ran no faster than a 48-channel one
+            in ``results/layers/``, so 8 or 16 buys accuracy at no measured cost.
         progress: show a tqdm progress bar over the layers.
 
     Returns:
@@ -199,6 +204,8 @@ def decompose(
             raise ValueError(f"method_options keys must be among {sorted(_DECOMPOSERS)}; got {key!r}.")
     if input_shape is not None:
         input_shape = tuple(int(s) for s in input_shape)
+    if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
+        raise ValueError(f"rank_multiple must be an int >= 1; got {rank_multiple!r}.")
 
     new_model = copy.deepcopy(model)
     names_of: dict[int, list[str]] = {}
@@ -211,7 +218,7 @@ def decompose(
     rows, replacements = [], {}
     for name, layer in tqdm(candidates.items(), desc="decompose", unit="layer", disable=not progress):
         row, new_layer = _decompose_one(name, layer, shapes.get(name), table, default_policy,
-                                        overrides, method_options)
+                                        overrides, method_options, rank_multiple)
         rows.append(row)
         if new_layer is not None:
             replacements[name] = (layer, new_layer)
@@ -238,7 +245,20 @@ def _model_macs(model: nn.Module, input_shape) -> int | None:
         return None
 
 
-def _decompose_one(name, layer, in_shape, table, default_policy, overrides, method_options):
+def _round_up(ranks, multiple: int, method: str, weight: torch.Tensor):
+    """Round ranks up to a multiple, never past the size of the mode they compress."""
+    if multiple == 1:
+        return ranks
+    up = lambda r, n: min(-(-r // multiple) * multiple, n)  # noqa: E731
+    if method == "tucker2":
+        return up(ranks[0], weight.shape[1]), up(ranks[1], weight.shape[0])
+    if method == "svd":
+        return up(ranks, min(weight.shape[0], weight.shape[1]))
+    return up(ranks, L.cp_max_rank(tuple(weight.shape)))
+
+
+def _decompose_one(name, layer, in_shape, table, default_policy, overrides, method_options,
+                   rank_multiple=1):
     params_before = count_params(layer)
     macs_before = count_macs(layer, in_shape) if in_shape is not None else None
 
@@ -272,6 +292,7 @@ def _decompose_one(name, layer, in_shape, table, default_policy, overrides, meth
 
     L.check_finite(layer, name)
     ranks = resolve_rank(policy, layer.weight, method, name)
+    ranks = _round_up(ranks, rank_multiple, method, layer.weight)
     ranks = _check_planned_ranks(method, layer, ranks, name)
     factorize, build = _DECOMPOSERS[method]
     planned = build(layer, ranks, device="meta")

@@ -181,3 +181,15 @@ def test_training_mode_and_batchnorm_stats_are_untouched():
     new, _ = decompose(model, method="tucker2", rank=0.5, input_shape=(4, 3, 12, 12))
     assert all(torch.equal(stats[k], v) for k, v in model.state_dict().items())
     assert new.training and model.training
+
+
+def test_rank_multiple_rounds_up_within_the_mode():
+    model = nn.Sequential(nn.Conv2d(128, 40, 3), nn.Flatten(), nn.Linear(40 * 4 * 4, 20))
+    _, report = decompose(model, method={"conv": "tucker2", "linear": "svd"}, rank=1 / 3,
+                          rank_multiple=16, input_shape=(1, 128, 6, 6))
+    assert report["0"].ranks == (48, 16)   # ceil(128/3)=43 -> 48, ceil(40/3)=14 -> 16
+    assert report["2"].ranks == 16         # ceil(20/3)=7 -> 16, capped at min(20, 640)=20
+    _, report = decompose(model, method="tucker2", rank=(30, 33), rank_multiple=16, input_shape=None)
+    assert report["0"].ranks == (32, 40)   # 33 -> 48 is capped at the 40 output channels
+    with pytest.raises(ValueError, match="rank_multiple must be an int >= 1; got 0"):
+        decompose(model, rank_multiple=0)
