@@ -310,15 +310,20 @@ def write_outputs(df: pd.DataFrame, bd: pd.DataFrame, cfg: Config, model: str, e
     plot(df, png, f"{model}: measured speedup vs MAC reduction ({cfg.device}, batch {cfg.batch}, "
                   f"{cfg.threads} thread(s))")
     paths.append(png)
+    which = "where the efficiency target is missed" if cfg.breakdown == "misses" else "on every target layer"
     if len(bd):
         paths.append(atomic_write_text(out / f"{s}_breakdown.csv", bd.to_csv(index=False)))
         paths.append(atomic_write_text(out / f"{s}_breakdown.md",
                                        f"# {model}: per-sublayer timings of Tucker-2 (S/3, T/3) "
-                                       "where the efficiency target is missed\n\n"
+                                       f"{which}\n\n"
                                        "Each sublayer timed alone on its own input; 'sequence' is "
                                        "the whole decomposed layer; '1 aligned x16' is the core "
                                        "conv with both ranks rounded up to a multiple of 16.\n\n"
                                        + md_table(bd.drop(columns=["module"])) + "\n"))
+    else:  # no breakdown in this run: a stale one from an earlier run would contradict it
+        for name in (f"{s}_breakdown.csv", f"{s}_breakdown.md"):
+            for stale in (out / name, out / f"{name}.json"):
+                stale.unlink(missing_ok=True)
     for p in paths:
         write_sidecar(p, extra=extra)
     return paths
