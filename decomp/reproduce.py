@@ -6,11 +6,12 @@ The pieces of ``scripts/reproduce_cifar10.py``, kept apart so tests can run them
   fine-tuning learning rate of each family;
 * :func:`run_variant` -- one variant through three cached stages, each written atomically
   under its own folder and skipped when its file is there: ``decomposed.pt`` + ``decomposed.json``
-  (weights, report records, top-1 before fine-tuning), ``finetune.pt`` (a :func:`decomp.train.train`
-  checkpoint, resumable) and ``result.json`` (the summary row, timings included);
+  (weights, report records, top-1 before fine-tuning), then, in a subfolder per fine-tuning
+  setting (:func:`finetune_key`), ``finetune.pt`` (a :func:`decomp.train.train` checkpoint,
+  resumable) and ``result.json`` (the summary row, timings included);
 * :func:`measure_speedup` -- the original and the decomposed model timed interleaved on the CPU
   (thread CPU clock, 1 thread) and, when present, on CUDA;
-* :func:`summary_frame`, :func:`best_speedups`, :func:`claims_markdown`,
+* :func:`best_speedups`, :func:`claims_markdown`,
   :func:`plot_accuracy_vs_speedup` -- tables, the point-by-point comparison with the claims
   (computed from the summary CSV) and the figure.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction as _Frac
 from pathlib import Path
@@ -39,8 +40,8 @@ from decomp.train import TrainConfig, evaluate, train
 
 __all__ = [
     "FAMILIES", "FINETUNE_LR", "Variant", "variant_table", "rank_label", "leave_out",
-    "cached_json", "subset", "run_variant", "measure_speedup", "summary_frame",
-    "best_speedups", "claims_markdown", "plot_accuracy_vs_speedup", "CLAIM_BAND",
+    "subset", "finetune_key", "run_variant", "measure_speedup", "best_speedups", "claims_markdown",
+    "plot_accuracy_vs_speedup", "CLAIM_BAND",
 ]
 
 # Variant families: decompose()'s method mapping (layer kind -> method).
@@ -50,12 +51,13 @@ FAMILIES: dict[str, dict[str, str]] = {
     "tucker2-conv": {"conv": "tucker2"},                       # Kim et al. 2015
     "tucker2+svd-all": {"conv": "tucker2", "linear": "svd"},   # Kim et al. 2015, whole network
 }
-# Peak fine-tuning lr per 512 images (decomp.train's convention), per family. The origin used
-# ~1e-6 for CP on a plain-SGD VGG16 without BN and 1e-3 for Tucker-2; these nets have BN, which
-# tolerates larger steps. CP gets a 5x smaller lr: its factors are less well conditioned
-# (Lebedev et al. 2014 report fine-tuning instability).
-FINETUNE_LR: dict[str, float] = {"svd-fc": 0.01, "cp-conv": 0.002, "tucker2-conv": 0.01,
-                                 "tucker2+svd-all": 0.01}
+# Peak fine-tuning lr per 512 images (decomp.train's convention), per family: 1/10 of the
+# baseline's 0.4. The origin used ~1e-6 for CP on a plain-SGD VGG16 without BN and 1e-3 for
+# Tucker-2; these nets have BN, which tolerates far larger steps (a first CPU run at 0.01 / 0.002
+# for 1 epoch on 10,000 images recovered only part of the accuracy lost). CP gets a 4x smaller
+# lr: its factors are less well conditioned (Lebedev et al. 2014 report fine-tuning instability).
+FINETUNE_LR: dict[str, float] = {"svd-fc": 0.04, "cp-conv": 0.01, "tucker2-conv": 0.04,
+                                 "tucker2+svd-all": 0.04}
 CLAIM_BAND = (2.0, 4.0)  # the origin's claimed speedup range
 
 
@@ -119,16 +121,6 @@ def leave_out(model: nn.Module) -> dict[str, None]:
     return {n: None for n in convs[:1] + linears[-1:]}
 
 
-def cached_json(path: str | Path, compute: Callable[[], dict]) -> tuple[dict, bool]:
-    """``(json at path, True)`` if it exists, else ``(compute(), False)`` after writing it atomically."""
-    path = Path(path)
-    if path.is_file():
-        return json.loads(path.read_text()), True
-    value = compute()
-    atomic_write_text(path, json.dumps(value, indent=1, default=str) + "\n")
-    return value, False
-
-
 def subset(split: Split, n: int, seed: int = 0) -> Split:
     """``n`` images of ``split`` drawn without replacement by a seeded permutation (all if n <= 0)."""
     if n <= 0 or n >= len(split):
@@ -186,13 +178,19 @@ def _eval_top1(model: nn.Module, data: Split, device) -> float:
 
 
 def _layer_ranks(records: list[dict]) -> str:
-    """Compact per-layer ranks of the decomposed layers, e.g. ``"5x6 11x11 | 64"``."""
+    """Ranks of the decomposed layers in model order, e.g. ``"6x11 11x11 64"`` (Tucker-2 r_in x r_out; CP/SVD R)."""
     parts = []
     for r in records:
         if r.get("skipped") is None:
             k = r["ranks"]
             parts.append("x".join(map(str, k)) if isinstance(k, (list, tuple)) else str(k))
     return " ".join(parts)
+
+
+def finetune_key(config: TrainConfig, images: int) -> str:
+    """Folder name of a fine-tuning setting, e.g. ``"ft-e2-n50000-bs256-lr0.04"``; the full
+    TrainConfig is checked against the checkpoint by :func:`decomp.train.train`."""
+    return f"ft-e{config.epochs}-n{images}-bs{config.batch_size}-lr{config.lr:g}"
 
 
 def run_variant(
@@ -208,8 +206,9 @@ def run_variant(
     per-stage seconds and whether each stage came from the cache.
     """
     cache = Path(cache) / variant.name
+    ft_dir = cache / finetune_key(finetune, len(train_data))  # fine-tuning and results per FT setting
     device = torch.device(device)
-    result_file = cache / "result.json"
+    result_file = ft_dir / "result.json"
     if result_file.is_file():
         row = json.loads(result_file.read_text())
         return row, {"cached": True, "records": json.loads((cache / "decomposed.json").read_text())["records"]}
@@ -239,7 +238,7 @@ def run_variant(
 
     # (2) fine-tuning (decomp.train: resumable, skipped when complete)
     start = time.perf_counter()
-    ft = train(model, train_data, finetune, checkpoint=cache / "finetune.pt", test_data=test_data,
+    ft = train(model, train_data, finetune, checkpoint=ft_dir / "finetune.pt", test_data=test_data,
                device=device, model_config={"base": dict((base_info or {}).get("model_config", {})),
                                             "variant": variant.name},
                progress=progress)
@@ -280,13 +279,6 @@ def run_variant(
 # Tables, claims and the figure
 
 
-def summary_frame(rows: Sequence[Mapping[str, Any]]):
-    """The summary rows as a pandas DataFrame (one row per model x variant, baselines included)."""
-    import pandas as pd
-
-    return pd.DataFrame(list(rows))
-
-
 def best_speedups(df, max_drop: float, column: str = "cpu_b1_speedup"):
     """Per model, the variant with the largest ``column`` among those losing <= ``max_drop`` points
     of top-1 after fine-tuning (baselines excluded); a DataFrame, possibly empty."""
@@ -315,9 +307,13 @@ def _verdict(ok: bool | None) -> str:
     return {True: "**reproduced**", False: "**not reproduced**", None: "**not testable here**"}[ok]
 
 
-def claims_markdown(df, *, no_drop_points: float = 0.5) -> str:
+def claims_markdown(df, *, no_drop_points: float = 0.5, usable_points: float = 3.0) -> str:
     """Point-by-point comparison of the origin's claims with the measurements in ``df``
-    (the summary CSV as a DataFrame); every number comes from ``df``."""
+    (the summary CSV as a DataFrame); every number comes from ``df``.
+
+    ``no_drop_points``: the largest top-1 loss (points) that counts as "no accuracy drop";
+    ``usable_points``: the largest loss for a Tucker-2 VBMF variant to be compared with CP.
+    """
     lines = []
     low, high = CLAIM_BAND
     speeds = _speed_columns(df)
@@ -339,11 +335,12 @@ def claims_markdown(df, *, no_drop_points: float = 0.5) -> str:
                     continue
                 r = best.iloc[0]
                 lines.append(f"   - ≤ {drop:g} point(s) lost, {label}: best {_fmt_row(r, col)}.")
+        for col, label in speeds:  # reproduced if some variant losing <= 3 points reaches x2
+            best3 = best_speedups(m, 3.0, col)
+            ok = None if best3.empty else bool(best3.iloc[0][col] >= low)
+            lines.append(f"   - Verdict ({label}, ≤ 3 points lost): {_verdict(ok)}"
+                         + ("" if best3.empty else f": x{best3.iloc[0][col]:.2f}."))
         col = speeds[0][0] if speeds else None
-        best3 = best_speedups(m, 3.0, col) if col else m.iloc[0:0]
-        ok = None if best3.empty else bool(best3.iloc[0][col] >= low)
-        lines.append(f"   - Verdict ({speeds[0][1] if speeds else 'n/a'}, ≤ 3 points lost): {_verdict(ok)}"
-                     + ("" if best3.empty else f": x{best3.iloc[0][col]:.2f}."))
         # Claim 2: CP gave x2 with no accuracy drop after fine-tuning.
         cp = mv[mv["family"] == "cp-conv"]
         lines.append(f"2. *Claim: CP gave x2 with no accuracy drop after fine-tuning.* "
@@ -360,19 +357,25 @@ def claims_markdown(df, *, no_drop_points: float = 0.5) -> str:
                             else ": every CP variant lost more than the tolerance."))
         # Claim 3: Tucker-2 with VBMF ranks did better than CP.
         tv = mv[(mv["family"].str.startswith("tucker2")) & (mv["ranks"] == "vbmf")]
-        lines.append("3. *Claim: Tucker-2 with VBMF ranks did better than CP.*")
+        lines.append("3. *Claim: Tucker-2 with VBMF ranks did better than CP.* (a VBMF variant losing "
+                     f"≤ {usable_points:g} points that no CP variant matches in both speed and accuracy)")
         if tv.empty or cp.empty or col is None:
             lines.append("   - needs both a Tucker-2 VBMF and a CP variant: " + _verdict(None) + ".")
         else:
             for _, r in tv.iterrows():
                 lines.append(f"   - {_fmt_row(r, col)}, fine-tune lr {r['finetune_lr']:g}.")
-            t = tv.loc[tv[col].idxmax()]
-            # "Better": no CP variant is at least as fast with at least as much accuracy kept.
-            dominated = cp[(cp[col] >= t[col]) & (cp["delta_points"] >= t["delta_points"])]
-            lines.append(f"   - Verdict: {_verdict(dominated.empty)}: "
-                         + ("no CP variant is both as fast and as accurate as "
-                            f"{t['variant']}." if dominated.empty else
-                            f"{', '.join(dominated['variant'])} is as fast and as accurate."))
+            usable = tv[tv["delta_points"] >= -usable_points]
+            if usable.empty:
+                lines.append(f"   - Verdict: {_verdict(False)}: every Tucker-2 VBMF variant lost more "
+                             f"than {usable_points:g} points.")
+            else:
+                t = usable.loc[usable[col].idxmax()]
+                # "Better": no CP variant is at least as fast while keeping at least as much accuracy.
+                dominated = cp[(cp[col] >= t[col]) & (cp["delta_points"] >= t["delta_points"])]
+                lines.append(f"   - Verdict: {_verdict(dominated.empty)}: "
+                             + ("no CP variant is both as fast and as accurate as "
+                                f"{t['variant']}." if dominated.empty else
+                                f"{', '.join(dominated['variant'])} is as fast and as accurate."))
         # Claim 4: Kim et al. x4.93 fewer FLOPs for a 0.5 point top-5 drop on ImageNet.
         lines.append("4. *Claim (Kim et al. 2015): x4.93 fewer FLOPs on VGG16 for 0.5 point top-5 "
                      "lost on ImageNet.* (Here: CIFAR-10 top-1, so only the FLOP side compares.)")

@@ -1,0 +1,153 @@
+"""decomp.reproduce: the variant grid, the cached stages, the claim text and the outputs."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import decomp.reproduce as R
+from decomp.data import Split
+from decomp.train import TrainConfig
+from decomp.zoo import alexnet_cifar
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_variant_table_order_names_and_lr():
+    table = R.variant_table((1 / 3, 1 / 6))
+    names = [v.name for v in table]
+    # origin heuristic first, then VBMF (no CP), then the aggressive fraction
+    assert names[:4] == ["svd-fc@1-3", "cp-conv@1-3", "tucker2-conv@1-3", "tucker2+svd-all@1-3"]
+    assert names[4:7] == ["svd-fc@vbmf", "tucker2-conv@vbmf", "tucker2+svd-all@vbmf"]
+    assert names[7:] == ["svd-fc@1-6", "cp-conv@1-6", "tucker2-conv@1-6", "tucker2+svd-all@1-6"]
+    assert {v.family: v.lr for v in table} == R.FINETUNE_LR
+    assert table[2].method == {"conv": "tucker2"} and table[0].rank_label == "1/3"
+    assert "cp-conv@vbmf" in [v.name for v in R.variant_table((1 / 3,), cp_vbmf=True)]
+    assert [v.lr for v in R.variant_table((0.5,), vbmf=False, families=["svd-fc"], lr={"svd-fc": 0.1})] == [0.1]
+
+
+def test_variant_table_rejects_unknown_family():
+    with pytest.raises(ValueError, match="families must be among"):
+        R.variant_table(families=["tucker3"])
+
+
+def test_leave_out_first_conv_and_last_linear():
+    assert R.leave_out(alexnet_cifar(width=1 / 16)) == {"features.0": None, "classifier.6": None}
+
+
+def test_subset_is_seeded_and_sized():
+    split = Split(torch.zeros(50, 3, 32, 32, dtype=torch.uint8), torch.arange(50) % 10)
+    a, b = R.subset(split, 20, seed=1), R.subset(split, 20, seed=1)
+    assert len(a) == 20 and torch.equal(a.labels, b.labels)
+    assert R.subset(split, 0) is split
+
+
+def _tiny_data(n=64):
+    g = torch.Generator().manual_seed(0)
+    return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                 torch.randint(0, 10, (n,), generator=g))
+
+
+def test_run_variant_caches_every_stage(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    base = alexnet_cifar(width=1 / 16).eval()
+    data = _tiny_data()
+    kw = dict(train_data=data, test_data=data, cache=tmp_path, progress=False,
+              finetune=TrainConfig(epochs=1, batch_size=32, lr=0.01),
+              timing={"cpu_batches": (1, 2), "min_run_time": 0.01, "rounds": 1, "gpu": False},
+              base_info={"model": "tiny", "top1": 0.1})
+    variant = R.Variant("tucker2+svd-all", 0.5, 0.01)
+    row, st = R.run_variant(base, variant, **kw)
+    folder = tmp_path / variant.name
+    ft = folder / "ft-e1-n64-bs32-lr0.01"
+    assert {p.name for p in folder.iterdir()} == {"decomposed.pt", "decomposed.json", ft.name}
+    assert {p.name for p in ft.iterdir()} == {"finetune.pt", "result.json"}
+    assert not st["cached"] and not st["decompose_cached"]
+    assert row["model"] == "tiny" and row["ranks"] == "1/2" and row["macs_x"] > 1
+    assert row["cpu_b1_speedup"] > 0 and row["delta_points"] == pytest.approx(100 * (row["top1_after"] - 0.1))
+
+    def fail(*a, **k):
+        raise AssertionError("decompose must not run again")
+
+    monkeypatch.setattr(R, "decompose", fail)
+    again, st = R.run_variant(base, variant, **kw)           # everything cached
+    assert st["cached"] and again == json.loads((ft / "result.json").read_text())
+    (ft / "result.json").unlink()                              # only the timing reruns
+    again, st = R.run_variant(base, variant, **kw)
+    assert st["decompose_cached"] and st["finetune_cached"]
+    assert again["top1_after"] == row["top1_after"] and again["top1_before"] == row["top1_before"]
+    other = dict(kw, finetune=TrainConfig(epochs=1, batch_size=32, lr=0.02))  # another FT setting:
+    again, st = R.run_variant(base, variant, **other)          # decomposition reused, FT rerun
+    assert st["decompose_cached"] and not st["finetune_cached"]
+    assert (folder / "ft-e1-n64-bs32-lr0.02" / "result.json").is_file()
+
+
+def _fake_summary():
+    rows = [("baseline", "baseline", "", 0.0, 1.0, 1.0)]
+    rows += [("cp-conv@1-3", "cp-conv", "1/3", -0.2, 2.4, 3.0),
+             ("tucker2-conv@vbmf", "tucker2-conv", "vbmf", -0.8, 3.1, 4.0),
+             ("tucker2+svd-all@1-6", "tucker2+svd-all", "1/6", -2.5, 4.5, 6.0),
+             ("svd-fc@1-3", "svd-fc", "1/3", -5.0, 1.1, 1.1)]
+    return pd.DataFrame([{
+        "model": "m", "variant": v, "family": f, "ranks": k, "top1_base": 0.9,
+        "top1_after": 0.9 + d / 100, "delta_points": d, "cpu_b1_speedup": s, "macs_x": x,
+        "finetune_lr": None if f == "baseline" else R.FINETUNE_LR[f]} for v, f, k, d, s, x in rows])
+
+
+def test_best_speedups_respects_the_drop():
+    df = _fake_summary()
+    assert R.best_speedups(df, 1.0).iloc[0]["variant"] == "tucker2-conv@vbmf"
+    assert R.best_speedups(df, 3.0).iloc[0]["variant"] == "tucker2+svd-all@1-6"
+    assert R.best_speedups(df, 0.1).empty
+
+
+def test_claims_markdown_is_computed_from_the_table():
+    text = R.claims_markdown(_fake_summary())
+    assert "≤ 1 point(s) lost, CPU batch 1: best tucker2-conv@vbmf (x3.10 measured" in text
+    assert "Verdict (CPU batch 1, ≤ 3 points lost): **reproduced**: x4.50." in text
+    assert "best CP speedup without a drop x2.40" in text               # claim 2 reproduced
+    assert "no CP variant is both as fast and as accurate as tucker2-conv@vbmf" in text
+    assert "MACs x3.00, Δ -0.20 points" in text and "**not reproduced**" in text  # claim 4: 3 < 4.93
+    assert f"cp-conv {R.FINETUNE_LR['cp-conv']:g}" in text
+
+
+def test_plot_is_written(tmp_path):
+    path = R.plot_accuracy_vs_speedup(_fake_summary(), tmp_path / "a.png")
+    assert path.stat().st_size > 1000 and [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("reproduce_cifar10", REPO / "scripts" / "reproduce_cifar10.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_profiles_and_outputs_with_sidecars(tmp_path):
+    s = _script()
+    prof, args = s.parse(["--profile", "cpu", "--epochs", "3", "--out", str(tmp_path)])
+    assert prof.epochs == 3 and prof.name == "cpu" and args.cache == Path(".cache/decomp/cifar10/cpu")
+    assert set(s.PROFILES) == {"smoke", "cpu", "gpu"} and s.PROFILES["gpu"].device == "cuda"
+    df = _fake_summary()
+    df["model"] = "m"
+    layers = [{"model": "m", "variant": "cp-conv@1-3", "name": "features.3", "layer": "Conv2d",
+               "method": "cp", "ranks": 4, "params_before": 10, "params_after": 5, "macs_before": 10,
+               "macs_after": 5, "rel_error": 0.1, "skipped": None}]
+    s.write_outputs(df.to_dict("records"), layers, [], replace_models(prof), args,
+                    {"dataset": "fake", "sha256": "0" * 64}, {"total": 1.0})
+    names = {p.name for p in tmp_path.iterdir()}
+    for f in ("summary.csv", "summary.md", "layers.csv", "layers.md", "README.md", "accuracy_vs_speedup.png"):
+        assert f in names and f + ".json" in names
+    side = json.loads((tmp_path / "summary.csv.json").read_text())
+    assert side["data"]["sha256"] == "0" * 64 and side["profile"]["epochs"] == 3
+    assert "**reproduced**" in (tmp_path / "README.md").read_text()
+
+
+def replace_models(prof):
+    from dataclasses import replace
+    return replace(prof, models=(("m", 1.0),))
