@@ -15,6 +15,7 @@ against the baseline interleaved in the same run. Then ``--out`` gets ``summary.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -103,7 +104,7 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     p.add_argument("--data", default=None, help="CIFAR-10 path (default: the shared JPEG archive "
                    "for cpu/gpu, the embedded subset for smoke)")
     p.add_argument("--out", type=Path, default=None, help="default results/cifar10/<profile>")
-    p.add_argument("--cache", type=Path, default=None, help="default .cache/decomp/cifar10/<profile>")
+    p.add_argument("--cache", type=Path, default=None, help="default .cache/decomp/cifar10/<profile>; runs are kept in a data-<sha> subfolder per data set")
     p.add_argument("--data-cache", type=Path, default=Path(".cache/decomp"),
                    help="decoded CIFAR-10 tensors (shared by profiles)")
     p.add_argument("--epochs", type=int, help="override the profile's baseline epochs")
@@ -149,6 +150,14 @@ def finetune_config(prof: Profile, lr: float) -> TrainConfig:
                        warmup_frac=0.1, seed=prof.seed)
 
 
+def data_key(description: dict) -> str:
+    """Short identity of a data set: its archive's sha256, else its path and counts."""
+    if description.get("sha256"):
+        return description["sha256"][:12]
+    basis = f"{description.get('path')}|{description.get('train_count')}|{description.get('test_count')}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:12]
+
+
 def main(argv=None) -> None:
     prof, args = parse(argv)
     t0 = time.perf_counter()
@@ -164,6 +173,8 @@ def main(argv=None) -> None:
     ft_train = subset(data.train, prof.ft_images, prof.seed)
     stage_s["data"] = time.perf_counter() - start
     log(f"data: {data.description['dataset']}, {len(data.train)} train / {len(test)} test")
+    # Checkpoints are only valid for the data they were trained on: key the run cache by it.
+    args.cache = args.cache / f"data-{data_key(data.description)}"
 
     rows, layer_rows, skipped, lrs = [], [], [], {}
     for model_name, width in prof.models:
