@@ -36,7 +36,7 @@ from decomp.data import Split
 from decomp.measure import count_macs, count_params, time_interleaved
 from decomp.model import build_decomposed, decompose
 from decomp.runinfo import atomic_torch_save, atomic_write_text
-from decomp.train import TrainConfig, evaluate, train
+from decomp.train import TrainConfig, evaluate, recalibrate_batchnorm, train
 
 __all__ = [
     "FAMILIES", "FINETUNE_LR", "Variant", "variant_table", "rank_label", "leave_out",
@@ -196,16 +196,22 @@ def finetune_key(config: TrainConfig, images: int) -> str:
 def run_variant(
     base: nn.Module, variant: Variant, *, train_data: Split, test_data: Split, cache: str | Path,
     finetune: TrainConfig, device: torch.device | str = "cpu", timing: Mapping[str, Any] | None = None,
-    base_info: Mapping[str, Any] | None = None, input_hw: int = 32, progress: bool = True,
+    base_info: Mapping[str, Any] | None = None, input_hw: int = 32, bn_batches: int = 0,
+    progress: bool = True,
 ) -> tuple[dict, dict]:
     """Decompose ``base`` with ``variant``, evaluate, fine-tune, evaluate, time; cached per stage.
 
     ``base_info``: the baseline's ``top1``, ``params`` and ``macs`` (for the row's ratios) and
-    anything else to copy into the row (``model``, ``width`` ...). ``timing``: keyword arguments
+    anything else to copy into the row (``model``, ``width`` ...). ``bn_batches``: batches of
+    ``train_data`` on which batch-norm statistics are re-estimated right after decomposing
+    (:func:`decomp.train.recalibrate_batchnorm`; 0: none); ``top1_before`` is then measured
+    after it and ``top1_before_raw`` before. ``timing``: keyword arguments
     of :func:`measure_speedup`. Returns ``(row, stage_info)`` where ``stage_info`` holds the
     per-stage seconds and whether each stage came from the cache.
     """
     cache = Path(cache) / variant.name
+    if bn_batches:  # the decomposed weights differ with recalibrated statistics
+        cache = cache / f"bn{bn_batches}"
     ft_dir = cache / finetune_key(finetune, len(train_data))  # fine-tuning and results per FT setting
     device = torch.device(device)
     result_file = ft_dir / "result.json"
@@ -227,9 +233,13 @@ def run_variant(
                                   overrides=leave_out(base), input_shape=(1, 3, input_hw, input_hw),
                                   progress=progress)
         seconds = time.perf_counter() - start
+        top1_raw = _eval_top1(model, test_data, device)
+        if bn_batches:
+            recalibrate_batchnorm(model, train_data, batches=bn_batches, device=device)
         dec = {"records": report.to_records(), "params_after": report.params_after,
-               "macs_after": report.macs_after, "decompose_s": seconds,
-               "top1_before": _eval_top1(model, test_data, device)}
+               "macs_after": report.macs_after, "decompose_s": seconds, "top1_before_raw": top1_raw,
+               "top1_before": _eval_top1(model, test_data, device) if bn_batches else top1_raw,
+               "bn_batches": bn_batches}
         atomic_torch_save(model.state_dict(), dec_pt)       # weights first, the JSON marks completion
         atomic_write_text(dec_file, json.dumps(dec, indent=1, default=str) + "\n")
         stages["decompose_cached"] = False
@@ -261,7 +271,8 @@ def run_variant(
         **{k: v for k, v in info.items() if k not in ("top1", "params", "macs")},
         "variant": variant.name, "family": variant.family, "ranks": variant.rank_label,
         "layer_ranks": _layer_ranks(dec["records"]),
-        "top1_base": top1_base, "top1_before": dec["top1_before"], "top1_after": top1_after,
+        "top1_base": top1_base, "top1_before_raw": dec.get("top1_before_raw", dec["top1_before"]),
+        "top1_before": dec["top1_before"], "top1_after": top1_after, "bn_recal_batches": bn_batches,
         "delta_points": None if top1_base is None else 100 * (top1_after - top1_base),
         "params": dec["params_after"], "params_x": params_base / dec["params_after"],
         "macs": dec["macs_after"], "macs_x": macs_base / dec["macs_after"] if dec["macs_after"] else None,

@@ -107,3 +107,23 @@ def test_config_validation():
         TrainConfig(pad_mode="edge")
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+
+
+def test_recalibrate_batchnorm_matches_the_data_and_restores_modes():
+    from decomp.data import Split
+    from decomp.train import recalibrate_batchnorm
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
+    split = Split(images, torch.arange(64) % 10)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5))
+    model.train()
+    momentum = model[1].momentum
+    recalibrate_batchnorm(model, split, batches=4, batch_size=16)
+    assert model.training and model[1].momentum == momentum
+    # the running stats are those of the conv outputs over the 64 normalised images
+    from decomp.data import normalize
+    with torch.no_grad():
+        out = model[0](normalize(images))
+    torch.testing.assert_close(model[1].running_mean, out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model[1].running_var, out.var((0, 2, 3)), rtol=0.05, atol=1e-4)
