@@ -50,6 +50,7 @@ from tqdm import tqdm  # noqa: E402
 
 from decomp.cp_als import balance_cp, cp_als, cp_tensorly, svd_init  # noqa: E402
 from decomp.runinfo import atomic_write_text, write_sidecar  # noqa: E402
+from decomp.cli import add_config_arguments, config_values  # noqa: E402
 
 
 @dataclass
@@ -68,20 +69,9 @@ class Config:
 
 
 def parse_args(argv=None) -> Config:
-    cfg = Config()
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Config):
-        default = getattr(cfg, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, tuple):
-            p.add_argument(flag, nargs="+", type=int, default=list(default))
-        else:
-            p.add_argument(flag, type=type(default), default=None if f.name == "out_dir" else default)
-    ns = vars(p.parse_args(argv))
-    for k in ("sizes", "rank_divisors"):
-        ns[k] = tuple(ns[k])
+    p = add_config_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), Config)
+    p.set_defaults(out_dir=None)  # None: not given, so --quick may pick a temporary folder
+    ns = config_values(p.parse_args(argv), Config)
     if ns["quick"]:
         ns.update(sizes=(16, 32), n_iter=3, repeats=1)
     if ns["out_dir"] is None:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from decomp.cli import add_config_arguments, config_values
 from decomp.catalog import FRACTIONS, Case, Layer, cases, model_layers
 from decomp.measure import count_macs, count_params, time_interleaved
 from decomp.runinfo import atomic_write_bytes, atomic_write_text, write_sidecar
@@ -66,21 +67,8 @@ class Config:
 
 
 def parse_args(argv=None) -> Config:
-    cfg = Config()
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Config):
-        default = getattr(cfg, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        elif isinstance(default, tuple):
-            p.add_argument(flag, nargs="*", default=list(default))
-        else:
-            p.add_argument(flag, type=type(default), default=default)
-    ns = p.parse_args(argv)
-    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(Config)}
-    for k in ("models", "layers"):
-        values[k] = tuple(values[k])
+    p = add_config_arguments(argparse.ArgumentParser(description=__doc__.split("\n")[0]), Config)
+    values = config_values(p.parse_args(argv), Config)
     if values["clock"] not in ("thread_cpu", "wall"):
         p.error(f"--clock must be thread_cpu or wall; got {values['clock']!r}")
     if values["clock"] == "thread_cpu" and (values["threads"] != 1 or values["device"] != "cpu"):

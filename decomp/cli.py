@@ -1,0 +1,34 @@
+"""Command lines from dataclass configs: one ``--flag`` per field, defaults in one place.
+
+The scripts keep their settings in a dataclass at the top (a unit in each field's comment);
+these helpers turn it into an ``argparse`` parser and back, so defaults are never repeated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type) -> argparse.ArgumentParser:
+    """``--field-name`` for every field of ``config_cls``: booleans as ``--x/--no-x``, tuples as
+    several values of their first element's type, the rest typed by their default."""
+    defaults = config_cls()
+    for f in dataclasses.fields(config_cls):
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            kind = type(default[0]) if default else str
+            parser.add_argument(flag, nargs="*", type=kind, default=list(default))
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    return parser
+
+
+def config_values(namespace: argparse.Namespace, config_cls: type) -> dict[str, Any]:
+    """The parsed values of ``config_cls``'s fields, lists turned back into tuples."""
+    values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
