@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import layers as L
 from .cp import _cp_conv2d
-from .measure import count_macs, count_params, meta_clone
+from .measure import count_macs, count_params, meta_clone, time_interleaved
 from .rank import RankSpec, as_policy, resolve_rank
 from .report import LayerReport, Report, describe_layer
 from .svd import _svd_conv1x1, _svd_linear
@@ -167,6 +167,7 @@ def decompose(
     input_shape: tuple[int, ...] | None = (1, 3, 224, 224),
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     rank_multiple: int = 1,
+    min_speedup: float | None = None,
     progress: bool = False,
 ) -> tuple[nn.Module, Report]:
     """Decompose the Conv2d and Linear layers of ``model``; return ``(new_model, report)``.
@@ -189,6 +190,13 @@ def decompose(
             mode's size). CPU and GPU kernels work in channel blocks (16 fp32 lanes with
             AVX-512, oneDNN's blocking): a 43-channel conv ran no faster than a 48-channel one
             in ``results/layers/``, so 8 or 16 buys accuracy at no measured cost.
+        min_speedup: keep a layer as it is unless its decomposition runs at least this many
+            times faster than the original, timed at the layer's input in ``input_shape`` on
+            the layer's device (CPU: 1 thread, thread CPU clock; CUDA: wall clock), original and
+            decomposed interleaved, before any factor is computed. A MAC reduction does not
+            always turn into latency: thin 1x1 convs and small spatial maps are dominated by
+            per-call overhead, where three convs run slower than one. ``None`` (default): no
+            timing; the result is then deterministic. Needs ``input_shape``.
         progress: show a tqdm progress bar over the layers.
 
     Returns:
@@ -206,6 +214,11 @@ def decompose(
         input_shape = tuple(int(s) for s in input_shape)
     if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
         raise ValueError(f"rank_multiple must be an int >= 1; got {rank_multiple!r}.")
+    if min_speedup is not None:
+        if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or not min_speedup > 0:
+            raise ValueError(f"min_speedup must be a number > 0 or None; got {min_speedup!r}.")
+        if input_shape is None:
+            raise ValueError("min_speedup times each layer at input_shape; got input_shape=None.")
 
     new_model = copy.deepcopy(model)
     names_of: dict[int, list[str]] = {}
@@ -218,7 +231,7 @@ def decompose(
     rows, replacements = [], {}
     for name, layer in tqdm(candidates.items(), desc="decompose", unit="layer", disable=not progress):
         row, new_layer = _decompose_one(name, layer, shapes.get(name), table, default_policy,
-                                        overrides, method_options, rank_multiple)
+                                        overrides, method_options, rank_multiple, min_speedup)
         rows.append(row)
         if new_layer is not None:
             replacements[name] = (layer, new_layer)
@@ -257,14 +270,39 @@ def _round_up(ranks, multiple: int, method: str, weight: torch.Tensor):
     return up(ranks, L.cp_max_rank(tuple(weight.shape)))
 
 
+def measured_speedup(layer: nn.Module, candidate: nn.Module, input_shape: tuple[int, ...],
+                     min_run_time: float = 0.3) -> float:
+    """Median time of ``layer`` over that of ``candidate`` on a random input of ``input_shape``.
+
+    ``candidate`` may be an empty (``meta``) architecture: it is materialised on the layer's
+    device with random normal weights, since dense kernels take the same time whatever the
+    values (uninitialised memory could hold denormals, which are slow on CPUs). CPU: 1 thread,
+    thread CPU clock; CUDA: wall clock with synchronisation. The layer's training flag is kept.
+    """
+    device, dtype = layer.weight.device, layer.weight.dtype
+    candidate = candidate.to_empty(device=device)
+    with torch.no_grad():
+        for p in candidate.parameters():
+            p.normal_()
+    x = torch.randn(input_shape, device=device, dtype=dtype)
+    options = {"threads": 1, "clock": "thread_cpu"} if device.type == "cpu" else {"clock": "wall"}
+    training = layer.training
+    try:
+        t = time_interleaved({"original": layer, "decomposed": candidate}, x, rounds=3,
+                             min_run_time=min_run_time, **options)
+    finally:
+        layer.train(training)
+    return t["original"].median / t["decomposed"].median
+
+
 def _decompose_one(name, layer, in_shape, table, default_policy, overrides, method_options,
-                   rank_multiple=1):
+                   rank_multiple=1, min_speedup=None):
     params_before = count_params(layer)
     macs_before = count_macs(layer, in_shape) if in_shape is not None else None
 
-    def skip(reason, method=None, ranks=None):
+    def skip(reason, method=None, ranks=None, info=None):
         return LayerReport(name, describe_layer(layer), method, ranks, params_before, params_before,
-                           macs_before, macs_before, skipped=reason), None
+                           macs_before, macs_before, skipped=reason, info=dict(info or {})), None
 
     reason = _unsupported_reason(layer)
     if reason:
@@ -303,8 +341,15 @@ def _decompose_one(name, layer, in_shape, table, default_policy, overrides, meth
         if macs_before is not None:
             what += f", MACs {macs_before} -> {macs_after}"
         return skip(f"not decomposed: {method} at ranks {ranks} would not reduce cost ({what})", method, ranks)
+    speed = {}
+    if min_speedup is not None and in_shape is not None:
+        speed = {"measured_speedup": measured_speedup(layer, planned, in_shape)}
+        if speed["measured_speedup"] < min_speedup:
+            return skip(f"not decomposed: {method} at ranks {ranks} measured x{speed['measured_speedup']:.2f} "
+                        f"at input {in_shape}, below min_speedup={min_speedup:g}", method, ranks, speed)
 
     new_layer, info = factorize(layer, ranks, **method_options.get(method, {}))
+    info.update(speed)
     rel_error = info.pop("rel_error")
     row = LayerReport(name, describe_layer(layer), method, ranks, params_before, params_after,
                       macs_before, macs_after, rel_error=rel_error, info=info)

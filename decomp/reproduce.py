@@ -41,7 +41,7 @@ from decomp.train import TrainConfig, evaluate, recalibrate_batchnorm, train
 __all__ = [
     "FAMILIES", "FINETUNE_LR", "Variant", "variant_table", "rank_label", "leave_out",
     "subset", "finetune_key", "run_variant", "measure_speedup", "best_speedups", "claims_markdown",
-    "plot_accuracy_vs_speedup", "CLAIM_BAND",
+    "plot_accuracy_vs_speedup", "plot_layer_speedups", "CLAIM_BAND",
 ]
 
 # Variant families: decompose()'s method mapping (layer kind -> method).
@@ -197,7 +197,7 @@ def run_variant(
     base: nn.Module, variant: Variant, *, train_data: Split, test_data: Split, cache: str | Path,
     finetune: TrainConfig, device: torch.device | str = "cpu", timing: Mapping[str, Any] | None = None,
     base_info: Mapping[str, Any] | None = None, input_hw: int = 32, bn_batches: int = 0,
-    progress: bool = True,
+    min_speedup: float | None = None, progress: bool = True,
 ) -> tuple[dict, dict]:
     """Decompose ``base`` with ``variant``, evaluate, fine-tune, evaluate, time; cached per stage.
 
@@ -205,11 +205,15 @@ def run_variant(
     anything else to copy into the row (``model``, ``width`` ...). ``bn_batches``: batches of
     ``train_data`` on which batch-norm statistics are re-estimated right after decomposing
     (:func:`decomp.train.recalibrate_batchnorm`; 0: none); ``top1_before`` is then measured
-    after it and ``top1_before_raw`` before. ``timing``: keyword arguments
+    after it and ``top1_before_raw`` before. ``min_speedup``: passed to :func:`decompose`
+    (layers whose decomposition is measured less than this much faster at batch 1 are kept).
+    ``timing``: keyword arguments
     of :func:`measure_speedup`. Returns ``(row, stage_info)`` where ``stage_info`` holds the
     per-stage seconds and whether each stage came from the cache.
     """
     cache = Path(cache) / variant.name
+    if min_speedup is not None:  # another set of decomposed layers
+        cache = cache / f"speed{min_speedup:g}"
     if bn_batches:  # the decomposed weights differ with recalibrated statistics
         cache = cache / f"bn{bn_batches}"
     ft_dir = cache / finetune_key(finetune, len(train_data))  # fine-tuning and results per FT setting
@@ -231,7 +235,7 @@ def run_variant(
     else:
         model, report = decompose(base, method=variant.method, rank=variant.rank,
                                   overrides=leave_out(base), input_shape=(1, 3, input_hw, input_hw),
-                                  progress=progress)
+                                  min_speedup=min_speedup, progress=progress)
         seconds = time.perf_counter() - start
         top1_raw = _eval_top1(model, test_data, device)
         if bn_batches:
@@ -273,6 +277,7 @@ def run_variant(
         "layer_ranks": _layer_ranks(dec["records"]),
         "top1_base": top1_base, "top1_before_raw": dec.get("top1_before_raw", dec["top1_before"]),
         "top1_before": dec["top1_before"], "top1_after": top1_after, "bn_recal_batches": bn_batches,
+        "speed_guard": min_speedup,  # decompose(min_speedup=...); "*_speedup" columns are measured
         "delta_points": None if top1_base is None else 100 * (top1_after - top1_base),
         "params": dec["params_after"], "params_x": params_base / dec["params_after"],
         "macs": dec["macs_after"], "macs_x": macs_base / dec["macs_after"] if dec["macs_after"] else None,
@@ -439,6 +444,13 @@ def plot_accuracy_vs_speedup(df, path: str | Path) -> Path:
             ax.grid(alpha=0.3)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    """Write atomically (temporary file, then rename) and close the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -447,4 +459,42 @@ def plot_accuracy_vs_speedup(df, path: str | Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def plot_layer_speedups(layers, path: str | Path, min_speedup: float | None = None) -> Path | None:
+    """Measured batch-1 speedup of each layer's decomposition (``measured_speedup`` of the
+    per-layer table, timed by :func:`decomp.decompose` with ``min_speedup``), one panel per
+    model, one line per variant; layers kept as they were are drawn hollow. Returns ``None``
+    (and writes nothing) when no layer was timed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "measured_speedup" not in layers or layers["measured_speedup"].isna().all():
+        return None
+    timed = layers[layers["measured_speedup"].notna()]
+    models = sorted(timed["model"].unique())
+    fig, axes = plt.subplots(len(models), 1, squeeze=False, figsize=(9, 3.8 * len(models)))
+    for ax, model in zip(axes[:, 0], models):
+        m = timed[timed["model"] == model]
+        names = list(dict.fromkeys(layers[layers["model"] == model]["name"]))
+        pos = {n: i for i, n in enumerate(names)}
+        for variant, g in m.groupby("variant", sort=False):
+            x = g["name"].map(pos)
+            line, = ax.plot(x, g["measured_speedup"], lw=0.8, alpha=0.6)
+            kept = g["skipped"].notna()
+            ax.scatter(x[~kept], g["measured_speedup"][~kept], color=line.get_color(), s=18, label=variant)
+            ax.scatter(x[kept], g["measured_speedup"][kept], facecolors="none",
+                       edgecolors=line.get_color(), s=18)
+        ax.axhline(1.0, color="grey", lw=1)
+        if min_speedup is not None:
+            ax.axhline(min_speedup, color="tab:red", ls="--", lw=1, label=f"min_speedup x{min_speedup:g}")
+        ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+        ax.set_yscale("log", base=2)
+        ax.set_ylabel("layer speedup, CPU batch 1")
+        ax.set_title(f"{model}: per-layer measured speedup (hollow: kept as it was)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    return _save_figure(fig, path)
 

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from decomp.data import load_cifar10  # noqa: E402
 from decomp.measure import count_macs, count_params  # noqa: E402
 from decomp.reproduce import (  # noqa: E402
-    best_speedups, claims_markdown, plot_accuracy_vs_speedup, run_variant, subset, variant_table,
+    best_speedups, claims_markdown, plot_accuracy_vs_speedup, plot_layer_speedups, run_variant, subset,
+    variant_table,
 )
 from decomp.runinfo import atomic_write_text, write_sidecar  # noqa: E402
 from decomp.train import TrainConfig, train  # noqa: E402
@@ -56,6 +57,7 @@ class Profile:
     ft_images: int = 10_000          # training images used for fine-tuning (0 = all)
     ft_batch_size: int = 256         # fine-tuning images per step
     bn_batches: int = 40             # batches of ft_batch_size images to re-estimate BN statistics after decomposing (0 = off)
+    min_speedup: float | None = None  # keep layers whose decomposition is timed < this much faster at batch 1 (None = off)
     fractions: tuple = (1 / 3, 1 / 4, 1 / 6)  # rank fractions of the channels; first = origin's S/3, T/3
     vbmf: bool = True                # also VBMF ranks (SVD, Tucker-2)
     cp_vbmf: bool = False            # also VBMF ranks for CP
@@ -78,16 +80,20 @@ PROFILES = {
         cpu_batches=(1, 32), min_run_s=0.06,
         rounds=2, gpu_batches=(1, 32),
     ),
-    # 2-core shared CPU: VGG16-BN w0.25 takes 75-210 s per epoch (load-dependent), so 8 baseline
-    # epochs (10-28 min); fine-tuning 2 epochs on the 50,000 training images per variant (~2 min
-    # each with evaluation and timing, 15 variants). AlexNet (~100 s per epoch) does not fit in
-    # the same hour: left out.
+    # 2-core shared CPU (measured idle, 2 threads): VGG16-BN w0.5 trains at ~150 s per epoch, so
+    # 10 baseline epochs take ~27 min; a decomposed model fine-tunes at ~100 s per epoch, so
+    # 4 epochs per variant (~8 min each with evaluation and timing) fit 11 variants in the
+    # remaining ~90 min; budget_s drops the most aggressive ones first if the machine is slower.
+    # Width 0.5, not 0.25: at 0.25 the convs are so small that per-call overhead, not MACs,
+    # sets the batch-1 latency (Tucker-2 at 1/3: MACs x3.8, measured x1.2; at 0.5: x4.4, x1.9).
+    # min_speedup: decompose only layers measured >= 10% faster at batch 1 (clear of timing noise).
     "cpu": Profile(
-        "cpu", models=(("vgg16_bn", 0.25),), epochs=8, ft_epochs=2, ft_images=0, budget_s=3300,
+        "cpu", models=(("vgg16_bn", 0.5),), epochs=10, ft_epochs=4, ft_images=0,
+        fractions=(1 / 3, 1 / 4), min_speedup=1.1, budget_s=5400,
         cpu_batches=(1, 256), min_run_s=1.0,
-        note="AlexNet is left out: at ~100 s per epoch on this 2-core machine it does not fit "
-             "beside VGG16-BN in about an hour. VGG16-BN at 1/4 width, 8 baseline epochs and 2 "
-             "fine-tuning epochs per variant: all to fit the hour.",
+        note="AlexNet is left out: it does not fit beside VGG16-BN in the 2 hours this profile "
+             "may take on a 2-core machine. VGG16-BN at 1/2 width, 10 baseline epochs, 4 "
+             "fine-tuning epochs per variant, and the 1/6 fractions left out: all to fit 2 hours.",
     ),
     # One H100/H200: full widths, bf16 autocast (decomp.train), fine-tuning on the whole set.
     # CPU timing at width 1 is slow at 1 thread, so its large batch is 16 there.
@@ -111,11 +117,13 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     p.add_argument("--epochs", type=int, help="override the profile's baseline epochs")
     p.add_argument("--budget-s", type=float, help="override the profile's time budget (s)")
     p.add_argument("--device", help="override the profile's device")
+    p.add_argument("--min-speedup", type=float, help="override the profile's per-layer speed guard "
+                   "(decompose only layers measured at least this much faster at batch 1)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     prof = PROFILES[a.profile]
-    over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device))
-            if v is not None}
+    over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
+                              ("min_speedup", a.min_speedup)) if v is not None}
     prof = replace(prof, **over)
     a.out = a.out or Path("results/cifar10") / prof.name
     a.cache = a.cache or Path(".cache/decomp/cifar10") / prof.name
@@ -206,7 +214,7 @@ def main(argv=None) -> None:
                 continue
             row, st = run_variant(base, v, train_data=ft_train, test_data=test,
                                   cache=args.cache / tag, finetune=finetune_config(prof, v.lr),
-                                  bn_batches=prof.bn_batches,
+                                  bn_batches=prof.bn_batches, min_speedup=prof.min_speedup,
                                   device=prof.device, timing=timing, base_info=base_info,
                                   progress=progress)
             row["baseline_epochs"], row["baseline_lr"] = prof.epochs, prof.lr
@@ -215,7 +223,8 @@ def main(argv=None) -> None:
             for r in st["records"]:
                 layer_rows.append({"model": tag, "variant": v.name, **{k: r[k] for k in (
                     "name", "layer", "method", "ranks", "params_before", "params_after",
-                    "macs_before", "macs_after", "rel_error", "skipped")}})
+                    "macs_before", "macs_after", "rel_error", "skipped")},
+                    "measured_speedup": (r.get("info") or {}).get("measured_speedup")})
             stage_s[f"{tag}/{v.name}"] = {**{k: st[k] for k in st if k.endswith("_s") or k.endswith("cached")},
                                           **{k: row[k] for k in ("decompose_s", "finetune_s", "timing_s")}}
             log(f"{tag} {v.name}: top-1 {100 * row['top1_before_raw']:.2f}% (BN recal. {100 * row['top1_before']:.2f}%) -> {100 * row['top1_after']:.2f}%, "
@@ -289,14 +298,19 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s) -> 
     save_text("summary.md", f"# CIFAR-10 reproduction, profile `{prof.name}`\n\n"
               + _markdown_table(df, cols))
     lcols = {c: c for c in ("model", "variant", "name", "layer", "method", "ranks", "params_before",
-                            "params_after", "macs_before", "macs_after", "rel_error", "skipped")}
+                            "params_after", "macs_before", "macs_after", "rel_error",
+                            "measured_speedup", "skipped")}
     ldf_md = ldf.copy()
     if not ldf_md.empty:
         ldf_md["rel_error"] = ldf_md["rel_error"].map(lambda x: "" if x != x or x is None else f"{x:.3f}")
+    if "measured_speedup" not in ldf_md or ldf_md["measured_speedup"].isna().all():
+        del lcols["measured_speedup"]  # no speed guard in this profile: nothing was timed
     save_text("layers.md", "# Per-layer decompositions\n\n" + _markdown_table(ldf_md, lcols))
     if len(df) > len(prof.models):
         plot_accuracy_vs_speedup(df, out / "accuracy_vs_speedup.png")
         write_sidecar(out / "accuracy_vs_speedup.png", command=command, extra=extra)
+    if plot_layer_speedups(ldf, out / "layer_speedups.png", prof.min_speedup) is not None:
+        write_sidecar(out / "layer_speedups.png", command=command, extra=extra)
     save_text("README.md", readme(df, prof, command, data_desc, stage_s, skipped))
 
 
@@ -315,6 +329,15 @@ def argv_is_cli() -> bool:
 
 def readme(df, prof: Profile, command: str | None, data_desc: dict, stage_s: dict, skipped: list) -> str:
     cmd = command or f"python scripts/reproduce_cifar10.py --profile {prof.name}"
+    layer_plot_row = guard_doc = ""
+    if prof.min_speedup is not None:
+        layer_plot_row = ("| `layer_speedups.png` | measured batch-1 speedup of each layer's "
+                          "decomposition, per variant |\n")
+        guard_doc = (
+            f"- Speed guard (`decompose(..., min_speedup={prof.min_speedup:g})`): each planned layer is\n"
+            "  timed against the original at its batch-1 input (CPU, 1 thread, thread CPU clock, random\n"
+            f"  weights) before any factor is computed, and kept as it was unless it runs at least\n"
+            f"  x{prof.min_speedup:g} faster (`measured_speedup` in `layers.md`, `layer_speedups.png`).\n")
     best = []
     for drop in (1.0, 3.0):
         for col in [c for c in df.columns if c.endswith("_speedup")]:
@@ -343,7 +366,7 @@ read from the cache of an earlier run: {compute_seconds(stage_s):.0f} s (per sta
 | `summary.csv`, `summary.md` | one row per model and variant: ranks, top-1 before/after fine-tuning, Δ, params ×, MACs ×, measured speedups, fine-tuning lr |
 | `layers.csv`, `layers.md` | every Conv2d/Linear of every variant: method, ranks, params, MACs, relative error, why skipped |
 | `accuracy_vs_speedup.png` | top-1 after fine-tuning against measured speedup, the claim's x2-x4 band shaded |
-| `*.json` | sidecar of each file: command, git sha, versions, hardware, threads, seed, data sha256, seconds per stage |
+{layer_plot_row}| `*.json` | sidecar of each file: command, git sha, versions, hardware, threads, seed, data sha256, seconds per stage |
 
 ## How it was made
 
@@ -360,7 +383,7 @@ Profile settings:
   fractions. The first conv (3 input channels) and the last Linear (10 outputs) are never
   decomposed. A layer whose decomposition would not cut both its MACs and its params is left
   as it is (`layers.md` says why).
-- Batch-norm recalibration: right after decomposing, the batch-norm statistics are
+{guard_doc}- Batch-norm recalibration: right after decomposing, the batch-norm statistics are
   re-estimated on {prof.bn_batches} shuffled, unaugmented batches of {prof.ft_batch_size} training images
   (`decomp.train.recalibrate_batchnorm`); "top-1 decomposed" is before it, "after BN recal." after it.
 - Fine-tuning: {prof.ft_epochs} epoch(s) on {prof.ft_images or 'all'} training images (seeded subset),

@@ -193,3 +193,47 @@ def test_rank_multiple_rounds_up_within_the_mode():
     assert report["0"].ranks == (32, 40)   # 33 -> 48 is capped at the 40 output channels
     with pytest.raises(ValueError, match="rank_multiple must be an int >= 1; got 0"):
         decompose(model, rank_multiple=0)
+
+
+def _conv_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1),
+                         nn.Flatten(), nn.Linear(64 * 8 * 8, 10))
+
+
+def test_min_speedup_keeps_layers_measured_too_slow():
+    model = _conv_net()
+    x = torch.randn(1, 64, 8, 8)
+    new, report = decompose(model, method="tucker2", rank=0.25, input_shape=(1, 64, 8, 8),
+                            min_speedup=1e6)  # no decomposition is a million times faster
+    for name in ("0", "2"):
+        row = report[name]
+        assert not row.decomposed and "below min_speedup=1e+06" in row.skipped
+        assert row.ranks == (16, 16) and row.info["measured_speedup"] > 0
+        assert type(new.get_submodule(name)) is nn.Conv2d
+    assert torch.equal(new(x), model(x))
+    assert new.training and all(m.training for m in new.modules())  # timing left train mode alone
+
+
+def test_min_speedup_below_any_measurement_changes_nothing_but_records_it():
+    model = _conv_net()
+    plain, plain_report = decompose(model, method="tucker2", rank=0.25, input_shape=(1, 64, 8, 8))
+    timed, report = decompose(model, method="tucker2", rank=0.25, input_shape=(1, 64, 8, 8),
+                              min_speedup=1e-6)
+    assert [r.ranks for r in report] == [r.ranks for r in plain_report]
+    assert all(r.decomposed for r in report if r.name in ("0", "2"))
+    assert all(r.info["measured_speedup"] > 0 for r in report if r.name in ("0", "2"))
+    assert "measured_speedup" not in plain_report["0"].info
+    x = torch.randn(2, 64, 8, 8)
+    torch.testing.assert_close(timed(x), plain(x))
+
+
+@pytest.mark.parametrize("value", [0, -1.0, True, "fast"])
+def test_min_speedup_rejects_bad_values(value):
+    with pytest.raises(ValueError, match=f"min_speedup must be a number > 0 or None; got {value!r}"):
+        decompose(_conv_net(), min_speedup=value, input_shape=(1, 64, 8, 8))
+
+
+def test_min_speedup_needs_an_input_shape():
+    with pytest.raises(ValueError, match="min_speedup times each layer at input_shape; got input_shape=None"):
+        decompose(_conv_net(), min_speedup=1.1, input_shape=None)

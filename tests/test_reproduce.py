@@ -151,3 +151,27 @@ def test_script_profiles_and_outputs_with_sidecars(tmp_path):
 def replace_models(prof):
     from dataclasses import replace
     return replace(prof, models=(("m", 1.0),))
+
+
+def test_run_variant_with_min_speedup_times_layers_and_keys_its_cache(tmp_path):
+    torch.set_num_threads(1)
+    base = alexnet_cifar(width=1 / 16).eval()
+    data = _tiny_data()
+    variant = R.Variant("tucker2-conv", 0.5, 0.01)
+    row, st = R.run_variant(base, variant, train_data=data, test_data=data, cache=tmp_path,
+                            progress=False, finetune=TrainConfig(epochs=1, batch_size=32, lr=0.01),
+                            timing={"cpu_batches": (1,), "min_run_time": 0.02, "rounds": 1},
+                            min_speedup=1e6)
+    assert (tmp_path / variant.name / "speed1e+06" / "decomposed.json").is_file()
+    assert row["speed_guard"] == 1e6 and row["macs_x"] == pytest.approx(1.0)  # nothing was fast enough
+    timed = [r for r in st["records"] if r["info"].get("measured_speedup")]
+    assert len(timed) == 4 and all("below min_speedup" in r["skipped"] for r in timed)
+
+
+def test_layer_speedup_plot_is_written_only_with_timed_layers(tmp_path):
+    layers = pd.DataFrame({"model": ["m"] * 3, "variant": ["a", "a", "b"], "name": ["c1", "c2", "c1"],
+                           "measured_speedup": [1.5, 0.8, 2.0], "skipped": [None, "too slow", None]})
+    path = R.plot_layer_speedups(layers, tmp_path / "l.png", min_speedup=1.1)
+    assert path.stat().st_size > 1000 and [p.name for p in tmp_path.iterdir()] == ["l.png"]
+    assert R.plot_layer_speedups(layers.assign(measured_speedup=None), tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
