@@ -23,7 +23,10 @@ def test_variant_table_order_names_and_lr():
     # origin heuristic first, then VBMF (no CP), then the aggressive fraction
     assert names[:4] == ["svd-fc@1-3", "cp-conv@1-3", "tucker2-conv@1-3", "tucker2+svd-all@1-3"]
     assert names[4:7] == ["svd-fc@vbmf", "tucker2-conv@vbmf", "tucker2+svd-all@vbmf"]
-    assert names[7:] == ["svd-fc@1-6", "cp-conv@1-6", "tucker2-conv@1-6", "tucker2+svd-all@1-6"]
+    # aggressive fractions: the whole-network family first, FC-only SVD last
+    assert names[7:] == ["tucker2+svd-all@1-6", "tucker2-conv@1-6", "cp-conv@1-6", "svd-fc@1-6"]
+    assert [v.name for v in R.variant_table((1 / 3, 1 / 6), vbmf=False, families=["svd-fc", "cp-conv"])] == [
+        "svd-fc@1-3", "cp-conv@1-3", "cp-conv@1-6", "svd-fc@1-6"]
     assert {v.family: v.lr for v in table} == R.FINETUNE_LR
     assert table[2].method == {"conv": "tucker2"} and table[0].rank_label == "1/3"
     assert "cp-conv@vbmf" in [v.name for v in R.variant_table((1 / 3,), cp_vbmf=True)]
@@ -175,3 +178,19 @@ def test_layer_speedup_plot_is_written_only_with_timed_layers(tmp_path):
     assert path.stat().st_size > 1000 and [p.name for p in tmp_path.iterdir()] == ["l.png"]
     assert R.plot_layer_speedups(layers.assign(measured_speedup=None), tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_run_variant_with_nothing_decomposed_skips_recalibration_and_fine_tuning(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    base = alexnet_cifar(width=1 / 16).eval()
+    data = _tiny_data()
+    for name in ("train", "recalibrate_batchnorm"):
+        monkeypatch.setattr(R, name, lambda *a, _n=name, **k: pytest.fail(f"{_n} must not run"))
+    row, st = R.run_variant(base, R.Variant("tucker2-conv", 0.5, 0.01), train_data=data, test_data=data,
+                            cache=tmp_path, progress=False, bn_batches=2, min_speedup=1e6,
+                            finetune=TrainConfig(epochs=1, batch_size=32, lr=0.01),
+                            timing={"cpu_batches": (1,), "min_run_time": 0.02, "rounds": 1},
+                            base_info={"top1": R._eval_top1(base, data, "cpu")})
+    assert row["finetune_epochs"] == 0 and row["bn_recal_batches"] == 0
+    assert row["top1_after"] == row["top1_before"] == row["top1_before_raw"] == row["top1_base"]
+    assert row["delta_points"] == 0 and row["params_x"] == 1
