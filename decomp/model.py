@@ -5,7 +5,8 @@ their kind (``"conv"``: Conv2d with a kernel larger than 1x1, ``"conv1x1"``, ``"
 kind mapped to a method, and per-layer ``overrides`` by name or ``fnmatch`` pattern. Before any
 factor is computed the planned architecture is built on the ``meta`` device and counted: a layer
 whose decomposition would not reduce both its MACs and its parameters is left as it is (the
-"never worse" guard), and its report row says why.
+"never worse" guard), and its report row says why. With ``min_speedup`` the planned layer is
+also timed against the original, and kept only if it is measured that much faster.
 """
 
 from __future__ import annotations
@@ -270,7 +271,7 @@ def _round_up(ranks, multiple: int, method: str, weight: torch.Tensor):
     return up(ranks, L.cp_max_rank(tuple(weight.shape)))
 
 
-def measured_speedup(layer: nn.Module, candidate: nn.Module, input_shape: tuple[int, ...],
+def _measured_speedup(layer: nn.Module, candidate: nn.Module, input_shape: tuple[int, ...],
                      min_run_time: float = 0.3) -> float:
     """Median time of ``layer`` over that of ``candidate`` on a random input of ``input_shape``.
 
@@ -343,7 +344,7 @@ def _decompose_one(name, layer, in_shape, table, default_policy, overrides, meth
         return skip(f"not decomposed: {method} at ranks {ranks} would not reduce cost ({what})", method, ranks)
     speed = {}
     if min_speedup is not None and in_shape is not None:
-        speed = {"measured_speedup": measured_speedup(layer, planned, in_shape)}
+        speed = {"measured_speedup": _measured_speedup(layer, planned, in_shape)}
         if speed["measured_speedup"] < min_speedup:
             return skip(f"not decomposed: {method} at ranks {ranks} measured x{speed['measured_speedup']:.2f} "
                         f"at input {in_shape}, below min_speedup={min_speedup:g}", method, ranks, speed)
