@@ -57,6 +57,7 @@ class Profile:
     ft_images: int = 10_000          # training images used for fine-tuning (0 = all)
     ft_batch_size: int = 256         # fine-tuning images per step
     bn_batches: int = 40             # batches of ft_batch_size images to re-estimate BN statistics after decomposing (0 = off)
+    variants: tuple = ()             # names of the grid's variants to run (empty = all)
     min_speedup: float | None = None  # keep layers whose decomposition is timed < this much faster at batch 1 (None = off)
     fractions: tuple = (1 / 3, 1 / 4, 1 / 6)  # rank fractions of the channels; first = origin's S/3, T/3
     vbmf: bool = True                # also VBMF ranks (SVD, Tucker-2)
@@ -119,11 +120,16 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     p.add_argument("--device", help="override the profile's device")
     p.add_argument("--min-speedup", type=float, help="override the profile's per-layer speed guard "
                    "(decompose only layers measured at least this much faster at batch 1)")
+    p.add_argument("--ft-epochs", type=int, help="override the profile's fine-tuning epochs per variant")
+    p.add_argument("--variants", type=lambda v: tuple(x for x in v.split(",") if x),
+                   help="run only these variants of the grid, comma-separated names as in summary.csv "
+                        "(e.g. tucker2+svd-all@vbmf)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     prof = PROFILES[a.profile]
     over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
-                              ("min_speedup", a.min_speedup)) if v is not None}
+                              ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs),
+                              ("variants", a.variants)) if v is not None}
     prof = replace(prof, **over)
     a.out = a.out or Path("results/cifar10") / prof.name
     a.cache = a.cache or Path(".cache/decomp/cifar10") / prof.name
@@ -205,6 +211,12 @@ def main(argv=None) -> None:
                      "finetune_lr": None, "baseline_epochs": prof.epochs, "baseline_lr": prof.lr})
         # (3) variants
         table = variant_table(prof.fractions, vbmf=prof.vbmf, cp_vbmf=prof.cp_vbmf)
+        if prof.variants:
+            unknown = sorted(set(prof.variants) - {v.name for v in table})
+            if unknown:
+                raise SystemExit(f"--variants {','.join(prof.variants)}: {unknown} not in the grid of profile "
+                                 f"{prof.name!r}; choose from {[v.name for v in table]}")
+            table = [v for v in table if v.name in prof.variants]
         timing = {"cpu_batches": prof.cpu_batches, "gpu_batches": prof.gpu_batches,
                   "min_run_time": prof.min_run_s, "rounds": prof.rounds}
         for v in tqdm(table, desc=f"{tag} variants", disable=not progress):
