@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -83,6 +84,28 @@ def cifar_lines() -> list[str]:
         lines += _cifar_rows(rows)
         lines.append(f"- the origin's claims, point by point against these runs: "
                      f"[`results/cifar10/{profile}/README.md`](results/cifar10/{profile}/README.md)")
+        lines.append("")
+    return lines + follow_up_lines()
+
+
+def follow_up_lines() -> list[str]:
+    """Runs of a profile with overrides (e.g. one variant with longer fine-tuning), one line per
+    variant, with the command from the sidecar."""
+    lines = []
+    for path in sorted((ROOT / "results/cifar10").glob("*/summary.csv")):
+        name = path.parent.name
+        if name in ("smoke", "cpu", "gpu"):
+            continue
+        command = json.loads(path.with_name("summary.csv.json").read_text()).get("command")
+        lines += [f"**CIFAR-10 follow-up run `{name}`** ([`results/cifar10/{name}/`](results/cifar10/{name}/README.md);"
+                  f" `{command}`):", ""]
+        for r in read_csv(path):
+            if r["variant"] == "baseline":
+                continue
+            lines.append(f"- {r['model']} {r['variant']}, {r['finetune_epochs']} fine-tuning epochs: "
+                         f"{float(r['delta_points']):+.2f} points, MACs x{float(r['macs_x']):.2f}, "
+                         f"CPU batch 1 **x{float(r['cpu_b1_speedup']):.2f}**, "
+                         f"batch 256 x{float(r['cpu_b256_speedup']):.2f}")
         lines.append("")
     return lines
 

@@ -194,3 +194,13 @@ def test_run_variant_with_nothing_decomposed_skips_recalibration_and_fine_tuning
     assert row["finetune_epochs"] == 0 and row["bn_recal_batches"] == 0
     assert row["top1_after"] == row["top1_before"] == row["top1_before_raw"] == row["top1_base"]
     assert row["delta_points"] == 0 and row["params_x"] == 1
+
+
+def test_script_overrides_variants_fine_tuning_epochs_and_speed_guard(tmp_path):
+    s = _script()
+    prof, _ = s.parse(["--profile", "cpu", "--variants", "tucker2+svd-all@vbmf,svd-fc@1-3",
+                       "--ft-epochs", "8", "--min-speedup", "1.5"])
+    assert prof.variants == ("tucker2+svd-all@vbmf", "svd-fc@1-3")
+    assert prof.ft_epochs == 8 and prof.min_speedup == 1.5
+    default, _ = s.parse(["--profile", "cpu"])
+    assert default.variants == () and default.ft_epochs == s.PROFILES["cpu"].ft_epochs
