@@ -341,7 +341,13 @@ def argv_is_cli() -> bool:
 
 def readme(df, prof: Profile, command: str | None, data_desc: dict, stage_s: dict, skipped: list) -> str:
     cmd = command or f"python scripts/reproduce_cifar10.py --profile {prof.name}"
-    layer_plot_row = guard_doc = ""
+    layer_plot_row = guard_doc = overrides_doc = ""
+    defined = PROFILES.get(prof.name)
+    if defined is not None and defined != prof:
+        changed = ", ".join(f"`{f.name}={getattr(prof, f.name)!r}`" for f in fields(prof)
+                            if getattr(prof, f.name) != getattr(defined, f.name))
+        overrides_doc = (f"This run overrides the `{prof.name}` profile: {changed}. The profile's own "
+                         "note follows.\n")
     if prof.min_speedup is not None:
         layer_plot_row = ("| `layer_speedups.png` | measured batch-1 speedup of each layer's "
                           "decomposition, per variant |\n")
@@ -371,7 +377,7 @@ Data: {data_desc.get('dataset')} (`{data_desc.get('source_kind')}`, sha256 `{dat
 (top-1 on {prof.test_images or data_desc.get('test_count')} test images).
 Wall time of this run: {stage_s.get('total', 0):.0f} s; compute time of all stages, including those
 read from the cache of an earlier run: {compute_seconds(stage_s):.0f} s (per stage in the sidecars).
-{prof.note}
+{overrides_doc}{prof.note}
 
 | file | what |
 | --- | --- |

@@ -102,7 +102,7 @@ def follow_up_lines() -> list[str]:
         for r in read_csv(path):
             if r["variant"] == "baseline":
                 continue
-            lines.append(f"- {r['model']} {r['variant']}, {r['finetune_epochs']} fine-tuning epochs: "
+            lines.append(f"- {r['model']} {r['variant']}, {int(float(r['finetune_epochs']))} fine-tuning epochs: "
                          f"{float(r['delta_points']):+.2f} points, MACs x{float(r['macs_x']):.2f}, "
                          f"CPU batch 1 **x{float(r['cpu_b1_speedup']):.2f}**, "
                          f"batch 256 x{float(r['cpu_b256_speedup']):.2f}")
