@@ -105,15 +105,14 @@ def variant_table(
     if unknown:
         raise ValueError(f"families must be among {sorted(FAMILIES)}; got {unknown}")
     lrs = {**FINETUNE_LR, **dict(lr or {})}
-    ranks: list[Any] = list(fractions[:1]) + (["vbmf"] if vbmf else []) + list(fractions[1:])
-    table = []
-    for i, rank in enumerate(ranks):
-        aggressive = i > (1 if vbmf else 0)
-        for family in (reversed(families) if aggressive else families):
-            if rank == "vbmf" and family == "cp-conv" and not cp_vbmf:
-                continue
-            table.append(Variant(family, rank, lrs[family]))
-    return table
+
+    def variants(rank: Any, order: Sequence[str]) -> list[Variant]:
+        return [Variant(f, rank, lrs[f]) for f in order
+                if not (rank == "vbmf" and f == "cp-conv" and not cp_vbmf)]
+
+    first: list[Any] = list(fractions[:1]) + (["vbmf"] if vbmf else [])
+    return ([v for rank in first for v in variants(rank, families)]
+            + [v for rank in fractions[1:] for v in variants(rank, families[::-1])])
 
 
 def leave_out(model: nn.Module) -> dict[str, None]:
