@@ -116,9 +116,13 @@ def environment_info() -> dict[str, Any]:
             "count": torch.cuda.device_count(),
             "cuda": torch.version.cuda,
         }
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # results/ is left out of the dirty check: a run rewrites its own tracked result files.
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)results")
+    sha = _git("rev-parse", "HEAD")
+    if sha is None:  # a copy without .git (e.g. a tree sent to a GPU machine): the sender says
+        sha = os.environ.get("DECOMP_GIT_SHA") or None
     return {
-        "git_sha": _git("rev-parse", "HEAD"),
+        "git_sha": sha,
         "git_dirty": bool(status) if status is not None else None,
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in _PACKAGES},

@@ -311,8 +311,19 @@ def train(
     start_time = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
     model.to(device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
+    if not config.channels_last:
+        return _train(model, train_data, config, checkpoint, test_data, device, model_config, meta,
+                      progress, stop_after_epoch, start_time)
+    model.to(memory_format=torch.channels_last)
+    try:
+        return _train(model, train_data, config, checkpoint, test_data, device, model_config, meta,
+                      progress, stop_after_epoch, start_time)
+    finally:  # hand the model back in the default layout: decomposition reshapes its weights
+        model.to(memory_format=torch.contiguous_format)
+
+
+def _train(model, train_data, config, checkpoint, test_data, device, model_config, meta, progress,
+           stop_after_epoch, start_time) -> TrainResult:
     model_cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else (
         dict(model_config) if model_config is not None else None)
     path = Path(checkpoint) if checkpoint is not None else None

@@ -47,3 +47,15 @@ def test_sidecar_says_how_it_was_made(tmp_path):
 
 def test_environment_info_is_json_serialisable():
     json.dumps(environment_info())
+
+
+def test_git_sha_comes_from_the_environment_without_git(monkeypatch):
+    """A tree copied without .git (to a GPU machine) records the sha its sender passes."""
+    from decomp import runinfo
+
+    monkeypatch.setattr(runinfo, "_git", lambda *args: None)
+    monkeypatch.setenv("DECOMP_GIT_SHA", "abc123")
+    info = environment_info()
+    assert info["git_sha"] == "abc123" and info["git_dirty"] is None
+    monkeypatch.delenv("DECOMP_GIT_SHA")
+    assert environment_info()["git_sha"] is None

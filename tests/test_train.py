@@ -127,3 +127,14 @@ def test_recalibrate_batchnorm_matches_the_data_and_restores_modes():
         out = model[0](normalize(images))
     torch.testing.assert_close(model[1].running_mean, out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(model[1].running_var, out.var((0, 2, 3)), rtol=0.05, atol=1e-4)
+
+
+def test_channels_last_training_hands_back_contiguous_weights(tmp_path):
+    """Decomposition reshapes conv weights: train(channels_last=True) must not leave them strided,
+    also when it returns a finished checkpoint without training."""
+    config = dataclasses.replace(CONFIG, epochs=1, channels_last=True)
+    for _ in range(2):  # trains, then loads the finished checkpoint
+        model = _model()
+        train(model, _data(), config, checkpoint=tmp_path / "cl.pt", progress=False)
+        conv = model[0].weight
+        assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
