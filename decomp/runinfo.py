@@ -118,12 +118,12 @@ def environment_info() -> dict[str, Any]:
         }
     # results/ is left out of the dirty check: a run rewrites its own tracked result files.
     status = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)results")
-    sha = _git("rev-parse", "HEAD")
-    if sha is None:  # a copy without .git (e.g. a tree sent to a GPU machine): the sender says
-        sha = os.environ.get("DECOMP_GIT_SHA") or None
+    # A tree copied to another machine (a GPU box) may carry no .git or a stale one: there the
+    # sender's DECOMP_GIT_SHA names the commit that really runs, and the local git state is moot.
+    sender_sha = os.environ.get("DECOMP_GIT_SHA") or None
     return {
-        "git_sha": sha,
-        "git_dirty": bool(status) if status is not None else None,
+        "git_sha": sender_sha or _git("rev-parse", "HEAD"),
+        "git_dirty": None if sender_sha or status is None else bool(status),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in _PACKAGES},
         "platform": platform.platform(),

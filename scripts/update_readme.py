@@ -79,8 +79,11 @@ def cifar_lines() -> list[str]:
         if not path.exists():
             continue
         rows = read_csv(path)
+        side = json.loads(path.with_name("summary.csv.json").read_text())
+        where = f"{side['cpu']} ({side['cpu_count']} cores, timed at 1 thread)" + (f" and {side['gpu']['name']}" if side.get("gpu") else "")
         lines += [f"**CIFAR-10 fine-tuning, `{profile}` profile** "
-                  f"([`results/cifar10/{profile}/`](results/cifar10/{profile}/README.md)):", ""]
+                  f"([`results/cifar10/{profile}/`](results/cifar10/{profile}/README.md)), timed on {where}. "
+                  "Best measured speedup per model at a given top-1 loss, with the variant and its Δ:", ""]
         lines += _cifar_rows(rows)
         lines.append(f"- the origin's claims, point by point against these runs: "
                      f"[`results/cifar10/{profile}/README.md`](results/cifar10/{profile}/README.md)")
@@ -110,28 +113,39 @@ def follow_up_lines() -> list[str]:
     return lines
 
 
+def _speed_label(col: str) -> str:
+    """``"cpu_b256_speedup"`` -> ``"CPU b256"``."""
+    device, batch = col.split("_")[:2]
+    return f"{device.upper()} {batch}"
+
+
 def _cifar_rows(rows) -> list[str]:
-    out = []
-    for r in rows:
-        if r["variant"] == "baseline":
-            out.append(f"- {r['model']} baseline top-1 **{100 * float(r['top1_after']):.2f}%**")
-    for limit in (1.0, 3.0):
-        for col, label in (("cpu_b1_speedup", "CPU batch 1"), ("cpu_b256_speedup", "CPU batch 256"),
-                           ("gpu_b1_speedup", "GPU batch 1"), ("gpu_b256_speedup", "GPU batch 256")):
-            ok = [r for r in rows if r["variant"] != "baseline" and r.get(col) not in (None, "", "nan")
-                  and -float(r["delta_points"]) <= limit]
-            if ok:
-                best = max(ok, key=lambda r: float(r[col]))
-                out.append(f"- best measured speedup, {label}, at most {limit:g} point(s) of top-1 lost: "
-                           f"**x{float(best[col]):.2f}** ({best['model']} {best['variant']}, "
-                           f"MACs x{float(best['macs_x']):.2f}, {float(best['delta_points']):+.2f} points)")
-    tucker = [r for r in rows if r["family"].startswith("tucker2")]
-    if tucker:
-        best = max(tucker, key=lambda r: float(r["top1_after"]))
-        out.append(f"- best Tucker-2 variant: {best['model']} {best['variant']}, "
-                   f"{float(best['delta_points']):+.2f} points, MACs x{float(best['macs_x']):.2f}, "
-                   f"CPU batch 1 x{float(best['cpu_b1_speedup']):.2f}")
-    return out
+    """A table per profile: for each model and top-1 loss limit, the fastest variant per timing."""
+    cols = [c for c in rows[0] if c.endswith("_speedup") and c.split("_")[0] in ("cpu", "gpu")]
+    out = ["| model | baseline top-1 | top-1 lost | " + " | ".join(map(_speed_label, cols)) + " |",
+           "|---|---|---|" + "---|" * len(cols)]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    tucker_lines = []
+    for model in models:
+        mine = [r for r in rows if r["model"] == model]
+        base = next(r for r in mine if r["variant"] == "baseline")
+        for limit in (1.0, 3.0):
+            cells = []
+            for col in cols:
+                ok = [r for r in mine if r["variant"] != "baseline" and r.get(col) not in (None, "", "nan")
+                      and -float(r["delta_points"]) <= limit]
+                best = max(ok, key=lambda r: float(r[col])) if ok else None
+                cells.append(f"**x{float(best[col]):.2f}** {best['variant']} ({float(best['delta_points']):+.2f})"
+                             if best else "")
+            out.append(f"| {model} | {100 * float(base['top1_after']):.2f}% | ≤ {limit:g} point{'s' if limit != 1 else ''} | "
+                       + " | ".join(cells) + " |")
+        tucker = [r for r in mine if r["family"].startswith("tucker2")]
+        if tucker:
+            best = max(tucker, key=lambda r: float(r["top1_after"]))
+            tucker_lines.append(f"- most accurate Tucker-2 variant of {model}: {best['variant']}, "
+                                f"{float(best['delta_points']):+.2f} points, MACs x{float(best['macs_x']):.2f}, "
+                                f"CPU batch 1 x{float(best['cpu_b1_speedup']):.2f}")
+    return out + [""] + tucker_lines
 
 
 def render() -> str:

@@ -49,13 +49,15 @@ def test_environment_info_is_json_serialisable():
     json.dumps(environment_info())
 
 
-def test_git_sha_comes_from_the_environment_without_git(monkeypatch):
-    """A tree copied without .git (to a GPU machine) records the sha its sender passes."""
+def test_git_sha_from_the_environment_wins(monkeypatch):
+    """A tree copied to a GPU machine (no .git, or a stale one) records the sha its sender passes."""
     from decomp import runinfo
 
-    monkeypatch.setattr(runinfo, "_git", lambda *args: None)
     monkeypatch.setenv("DECOMP_GIT_SHA", "abc123")
     info = environment_info()
     assert info["git_sha"] == "abc123" and info["git_dirty"] is None
     monkeypatch.delenv("DECOMP_GIT_SHA")
-    assert environment_info()["git_sha"] is None
+    assert environment_info()["git_sha"] != "abc123"
+    monkeypatch.setattr(runinfo, "_git", lambda *args: None)
+    info = environment_info()
+    assert info["git_sha"] is None and info["git_dirty"] is None
