@@ -192,7 +192,10 @@ def _layer_ranks(records: list[dict]) -> str:
 def finetune_key(config: TrainConfig, images: int) -> str:
     """Folder name of a fine-tuning setting, e.g. ``"ft-e2-n50000-bs256-lr0.04"``; the full
     TrainConfig is checked against the checkpoint by :func:`decomp.train.train`."""
-    return f"ft-e{config.epochs}-n{images}-bs{config.batch_size}-lr{config.lr:g}"
+    key = f"ft-e{config.epochs}-n{images}-bs{config.batch_size}-lr{config.lr:g}"
+    if config.distill:  # distilled from the baseline: other weights
+        key += f"-kd{config.distill:g}-T{config.distill_temperature:g}"
+    return key
 
 
 def run_variant(
@@ -261,7 +264,7 @@ def run_variant(
         ft = train(model, train_data, finetune, checkpoint=ft_dir / "finetune.pt", test_data=test_data,
                    device=device, model_config={"base": dict((base_info or {}).get("model_config", {})),
                                                 "variant": variant.name},
-                   progress=progress)
+                   progress=progress, teacher=base if finetune.distill else None)
         top1_after, stages["finetune_cached"] = ft.test["accuracy"], ft.skipped
     else:  # every layer was kept (e.g. by min_speedup): the model is the baseline, left as it is
         top1_after, stages["finetune_cached"] = dec["top1_before"], False
@@ -291,6 +294,7 @@ def run_variant(
         **speed,
         "finetune_lr": variant.lr, "finetune_epochs": finetune.epochs if decomposed_any else 0,
         "finetune_images": len(train_data),
+        "finetune_distill": finetune.distill if decomposed_any else 0.0,
         "decompose_s": dec["decompose_s"], "finetune_s": stages["finetune_s"],
         "timing_s": stages["timing_s"],
     }

@@ -30,7 +30,7 @@ from decomp.runinfo import atomic_torch_save
 
 __all__ = [
     "recalibrate_batchnorm",
-    "TrainConfig", "TrainResult", "train", "train_epoch", "evaluate", "make_optimizer",
+    "TrainConfig", "TrainResult", "DistillLoss", "train", "train_epoch", "evaluate", "make_optimizer",
     "make_scheduler", "lr_factor", "load_checkpoint", "load_trained_model",
 ]
 
@@ -56,6 +56,8 @@ class TrainConfig:
     pad_mode: str = "reflect"  # crop padding: "reflect" or "zeros" (black)
     channels_last: bool = False  # batches and model in channels_last memory format
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU (always float32 there)
+    distill: float = 0.0  # weight of knowledge distillation from train(teacher=...); 0 = off
+    distill_temperature: float = 4.0  # softmax temperature of the distillation term
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -63,8 +65,17 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)!r}")
         if not 0 <= self.warmup_frac <= 1:
             raise ValueError(f"TrainConfig.warmup_frac must be in [0, 1]; got {self.warmup_frac!r}")
+        if not 0 <= self.distill <= 1:
+            raise ValueError(f"TrainConfig.distill must be in [0, 1]; got {self.distill!r}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"TrainConfig.distill_temperature must be > 0; got {self.distill_temperature!r}")
         if self.pad_mode not in ("reflect", "zeros"):
             raise ValueError(f"TrainConfig.pad_mode must be 'reflect' or 'zeros'; got {self.pad_mode!r}")
+
+
+# TrainConfig fields added after checkpoints were first written: absent from older checkpoints,
+# which were made with (the equivalent of) these fields' defaults.
+_ADDED_FIELDS = ("distill", "distill_temperature")
 
 
 @dataclass
@@ -111,6 +122,28 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_
         optimizer, lambda step: lr_factor(step, total, config.warmup_frac, config.final_lr_frac))
 
 
+class DistillLoss(nn.Module):
+    """``(1 - alpha) * CE(student, labels) + alpha * T^2 * KL(teacher_T || student_T)``.
+
+    Knowledge distillation (Hinton et al. 2015): the student also matches the teacher's
+    softened class probabilities at temperature ``T``; ``T^2`` keeps the term's gradient scale
+    independent of ``T``. Here the teacher is the network before decomposition, so fine-tuning
+    pulls the decomposed network back towards the function it approximates, not only towards
+    the labels. The cross-entropy term keeps the label smoothing of the config.
+    """
+
+    def __init__(self, alpha: float, temperature: float, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.alpha, self.temperature = alpha, temperature
+        self.ce = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        kl = nn.functional.kl_div(torch.log_softmax(logits / t, 1), torch.log_softmax(teacher_logits / t, 1),
+                                  reduction="batchmean", log_target=True)
+        return (1 - self.alpha) * self.ce(logits, labels) + self.alpha * t * t * kl
+
+
 # ----------------------------------------------------------------------------------------
 # Loops
 
@@ -127,9 +160,13 @@ def _model_device(model: nn.Module) -> torch.device:
 def train_epoch(
     model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, scheduler,
     criterion: nn.Module, *, amp: bool = True, max_steps: int | None = None,
-    progress: bool = True, desc: str = "train",
+    progress: bool = True, desc: str = "train", teacher: nn.Module | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader`` (or its first ``max_steps`` batches): mean loss, accuracy, steps, seconds."""
+    """One pass over ``loader`` (or its first ``max_steps`` batches): mean loss, accuracy, steps, seconds.
+
+    ``teacher``: a model in eval mode whose logits on the same (augmented) batch are passed to
+    ``criterion`` as a third argument (:class:`DistillLoss`).
+    """
     model.train()
     device = loader.device
     loss_sum = torch.zeros((), device=device)
@@ -141,7 +178,12 @@ def train_epoch(
         for images, labels in loader:
             with _autocast(device, amp):
                 logits = model(images)
-                loss = criterion(logits.float(), labels)
+                if teacher is None:
+                    loss = criterion(logits.float(), labels)
+                else:
+                    with torch.no_grad():
+                        teacher_logits = teacher(images)
+                    loss = criterion(logits.float(), labels, teacher_logits.float())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -294,6 +336,7 @@ def train(
     meta: Mapping[str, Any] | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``train_data`` with ``config``; resumable through ``checkpoint``.
 
@@ -307,23 +350,37 @@ def train(
     (e.g. the data description) are stored in it; ``meta`` is not compared.
     ``test_data``: evaluated after the last epoch (``result.test``).
     ``stop_after_epoch``: return once this many epochs are done (for time-boxed runs).
+    ``teacher``: the model to distil from, required when ``config.distill > 0`` and refused
+    otherwise (:class:`DistillLoss`); it is moved to ``device``, run in eval mode and not
+    trained, and handed back in its prior mode.
     """
+    if (config.distill > 0) != (teacher is not None):
+        raise ValueError(
+            f"train(teacher=...) goes with TrainConfig.distill > 0; got distill={config.distill!r} and "
+            f"teacher={'None' if teacher is None else type(teacher).__name__}: pass both or neither")
     start_time = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
-    model.to(device)
-    if not config.channels_last:
-        return _train(model, train_data, config, checkpoint, test_data, device, model_config, meta,
-                      progress, stop_after_epoch, start_time)
-    model.to(memory_format=torch.channels_last)
+    nets = [model] + ([teacher] if teacher is not None else [])
+    teacher_was_training = teacher.training if teacher is not None else False
+    for net in nets:
+        net.to(device)
+        if config.channels_last:
+            net.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.eval()
     try:
         return _train(model, train_data, config, checkpoint, test_data, device, model_config, meta,
-                      progress, stop_after_epoch, start_time)
-    finally:  # hand the model back in the default layout: decomposition reshapes its weights
-        model.to(memory_format=torch.contiguous_format)
+                      progress, stop_after_epoch, start_time, teacher)
+    finally:
+        for net in nets:
+            if config.channels_last:  # hand back the default layout: decomposition reshapes weights
+                net.to(memory_format=torch.contiguous_format)
+        if teacher is not None:
+            teacher.train(teacher_was_training)
 
 
 def _train(model, train_data, config, checkpoint, test_data, device, model_config, meta, progress,
-           stop_after_epoch, start_time) -> TrainResult:
+           stop_after_epoch, start_time, teacher) -> TrainResult:
     model_cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else (
         dict(model_config) if model_config is not None else None)
     path = Path(checkpoint) if checkpoint is not None else None
@@ -340,7 +397,8 @@ def _train(model, train_data, config, checkpoint, test_data, device, model_confi
                     augment=config.augment, pad_mode=config.pad_mode, channels_last=config.channels_last)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, len(loader))
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = (DistillLoss(config.distill, config.distill_temperature, config.label_smoothing)
+                 if teacher is not None else nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
     history: list[dict[str, Any]] = list(ckpt["history"]) if ckpt else []
     start_epoch = ckpt["epoch"] if ckpt else 0
     if ckpt:
@@ -357,7 +415,8 @@ def _train(model, train_data, config, checkpoint, test_data, device, model_confi
         for epoch in range(start_epoch, last):
             loader.set_epoch(epoch)
             stats = train_epoch(model, loader, optimizer, scheduler, criterion, amp=config.amp,
-                                progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}")
+                                progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}",
+                                teacher=teacher)
             history.append({"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **stats})
             complete = epoch + 1 == config.epochs
             if complete and test_data is not None:
@@ -382,7 +441,9 @@ def _load_matching(path: Path | None, config: TrainConfig, model_cfg: dict | Non
     if path is None or not path.is_file():
         return None
     ckpt = load_checkpoint(path)
-    diffs = _mismatch(ckpt["config"], asdict(config)) + [
+    # A field added to TrainConfig after the checkpoint was written had its default then.
+    saved = {**{k: v for k, v in asdict(TrainConfig()).items() if k in _ADDED_FIELDS}, **ckpt["config"]}
+    diffs = _mismatch(saved, asdict(config)) + [
         f"model_config.{d}" for d in _mismatch(ckpt.get("model_config"), model_cfg)]
     if diffs:
         raise ValueError(

@@ -56,6 +56,7 @@ class Profile:
     ft_epochs: int = 1               # fine-tuning passes over the fine-tuning subset
     ft_images: int = 10_000          # training images used for fine-tuning (0 = all)
     ft_batch_size: int = 256         # fine-tuning images per step
+    ft_distill: float = 0.0          # weight of distillation from the baseline while fine-tuning (0 = off)
     bn_batches: int = 40             # batches of ft_batch_size images to re-estimate BN statistics after decomposing (0 = off)
     variants: tuple = ()             # names of the grid's variants to run (empty = all)
     min_speedup: float | None = None  # keep layers whose decomposition is timed < this much faster at batch 1 (None = off)
@@ -126,6 +127,9 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     p.add_argument("--min-speedup", type=float, help="override the profile's per-layer speed guard "
                    "(decompose only layers measured at least this much faster at batch 1)")
     p.add_argument("--ft-epochs", type=int, help="override the profile's fine-tuning epochs per variant")
+    p.add_argument("--ft-distill", type=float, metavar="ALPHA",
+                   help="fine-tune with knowledge distillation from the baseline: loss = (1 - ALPHA) * "
+                        "cross-entropy + ALPHA * T^2 * KL at temperature 4 (decomp.train.DistillLoss)")
     p.add_argument("--variants", type=lambda v: tuple(x for x in v.split(",") if x),
                    help="run only these variants of the grid, comma-separated names as in summary.csv "
                         "(e.g. tucker2+svd-all@vbmf)")
@@ -133,7 +137,7 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     a = p.parse_args(argv)
     prof = PROFILES[a.profile]
     over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
-                              ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs),
+                              ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs), ("ft_distill", a.ft_distill),
                               ("variants", a.variants)) if v is not None}
     prof = replace(prof, **over)
     a.out = a.out or Path("results/cifar10") / prof.name
@@ -168,7 +172,8 @@ def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress
 
 def finetune_config(prof: Profile, lr: float) -> TrainConfig:
     return TrainConfig(epochs=prof.ft_epochs, batch_size=prof.ft_batch_size, lr=lr,
-                       warmup_frac=0.1, seed=prof.seed, channels_last=prof.channels_last)
+                       warmup_frac=0.1, seed=prof.seed, channels_last=prof.channels_last,
+                       distill=prof.ft_distill)
 
 
 def select_variants(prof: Profile) -> list:
@@ -355,6 +360,14 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s) -> 
     save_text("README.md", readme(df, prof, command, data_desc, stage_s, skipped))
 
 
+def distill_text(prof: Profile) -> str:
+    if not prof.ft_distill:
+        return ""
+    return (f"; the loss distils from the baseline: {1 - prof.ft_distill:g} x label-smoothed "
+            f"cross-entropy + {prof.ft_distill:g} x T^2 x KL(baseline || variant) at T = {TrainConfig().distill_temperature:g} "
+            "(`decomp.train.DistillLoss`)")
+
+
 def compute_seconds(stage_s: dict) -> float:
     """Seconds the stages took when they were computed (baseline training + every variant's stages)."""
     total = stage_s.get("data", 0.0)
@@ -435,7 +448,7 @@ Profile settings:
   (`decomp.train.recalibrate_batchnorm`); "top-1 decomposed" is before it, "after BN recal." after it.
 - Fine-tuning: {prof.ft_epochs} epoch(s) on {prof.ft_images or 'all'} training images (seeded subset),
   batch {prof.ft_batch_size}, 10% warmup then linear decay, lr per family in the table (BN nets
-  take far larger steps than the origin's ~1e-6 for CP on a plain VGG16).
+  take far larger steps than the origin's ~1e-6 for CP on a plain VGG16){distill_text(prof)}.
 - Speed: the baseline and each variant timed interleaved in the same run
   (`decomp.measure.time_interleaved`, eval, `inference_mode`, fp32, NCHW); CPU at 1 thread with the
   thread CPU clock (the machine is shared), batches {prof.cpu_batches}; GPU (when present) wall clock

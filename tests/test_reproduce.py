@@ -204,3 +204,31 @@ def test_script_overrides_variants_fine_tuning_epochs_and_speed_guard(tmp_path):
     assert prof.ft_epochs == 8 and prof.min_speedup == 1.5
     default, _ = s.parse(["--profile", "cpu"])
     assert default.variants == () and default.ft_epochs == s.PROFILES["cpu"].ft_epochs
+    assert default.ft_distill == 0 and s.finetune_config(default, 0.04).distill == 0
+    distilled, _ = s.parse(["--profile", "cpu", "--ft-distill", "0.9"])
+    assert s.finetune_config(distilled, 0.04).distill == 0.9
+    assert "distils from the baseline: 0.1 x" in s.distill_text(distilled) and not s.distill_text(default)
+
+
+def test_run_variant_distils_from_the_baseline_into_its_own_cache(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    base = alexnet_cifar(width=1 / 16).eval()
+    data = _tiny_data()
+    teachers = []
+    real_train = R.train
+
+    def spy(*args, teacher=None, **kw):
+        teachers.append(teacher)
+        return real_train(*args, teacher=teacher, **kw)
+
+    monkeypatch.setattr(R, "train", spy)
+    kw = dict(train_data=data, test_data=data, cache=tmp_path, progress=False,
+              timing={"cpu_batches": (1,), "min_run_time": 0.01, "rounds": 1, "gpu": False},
+              base_info={"model": "tiny", "top1": 0.1})
+    variant = R.Variant("tucker2-conv", 0.5, 0.01)
+    plain, _ = R.run_variant(base, variant, finetune=TrainConfig(epochs=1, batch_size=32, lr=0.01), **kw)
+    kd, st = R.run_variant(base, variant, finetune=TrainConfig(epochs=1, batch_size=32, lr=0.01, distill=0.9), **kw)
+    assert teachers == [None, base] and base.training is False  # the baseline, left in eval mode
+    assert st["decompose_cached"] and not st["finetune_cached"]
+    assert plain["finetune_distill"] == 0 and kd["finetune_distill"] == 0.9
+    assert (tmp_path / variant.name / "ft-e1-n64-bs32-lr0.01-kd0.9-T4" / "result.json").is_file()

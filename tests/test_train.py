@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from decomp import train as T
-from decomp.data import Split
+from decomp.data import Loader, Split
 from decomp.train import TrainConfig, evaluate, lr_factor, make_optimizer, train
 
 CONFIG = TrainConfig(epochs=3, batch_size=16, lr=2.0, warmup_frac=0.1, seed=0)
@@ -110,7 +110,7 @@ def test_config_validation():
 
 
 def test_recalibrate_batchnorm_matches_the_data_and_restores_modes():
-    from decomp.data import Split
+    from decomp.data import Loader, Split
     from decomp.train import recalibrate_batchnorm
 
     g = torch.Generator().manual_seed(0)
@@ -138,3 +138,67 @@ def test_channels_last_training_hands_back_contiguous_weights(tmp_path):
         train(model, _data(), config, checkpoint=tmp_path / "cl.pt", progress=False)
         conv = model[0].weight
         assert conv.is_contiguous() and not conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_distill_needs_a_teacher_and_a_teacher_needs_distill():
+    with pytest.raises(ValueError, match="teacher"):
+        train(_model(), _data(), dataclasses.replace(CONFIG, distill=0.5), progress=False)
+    with pytest.raises(ValueError, match="distill=0.0"):
+        train(_model(), _data(), CONFIG, teacher=_model(), progress=False)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="TrainConfig.distill must be in"):
+            dataclasses.replace(CONFIG, distill=bad)
+    with pytest.raises(ValueError, match="distill_temperature"):
+        dataclasses.replace(CONFIG, distill=0.5, distill_temperature=0)
+
+
+def _predictions(model: nn.Module, data: Split) -> torch.Tensor:
+    images, _ = next(iter(Loader(data, len(data), train=False)))
+    model.eval()
+    with torch.no_grad():
+        return model(images).argmax(1)
+
+
+def test_pure_distillation_follows_the_teacher_not_the_labels():
+    """distill=1: the labels carry no weight, so a student trained on wrong labels learns the
+    teacher's predictions; without distillation it learns the wrong labels."""
+    data = _data()
+    teacher = _model(seed=1)
+    train(teacher, data, dataclasses.replace(CONFIG, epochs=10), progress=False)
+    taught = Split(data.images, _predictions(teacher, data))
+    wrong = Split(data.images, (taught.labels + 1) % 4)
+    config = dataclasses.replace(CONFIG, epochs=10, distill=1.0, distill_temperature=2.0)
+    student = _model(seed=2)
+    teacher.train()  # handed back in the mode it came in
+    train(student, wrong, config, teacher=teacher, progress=False)
+    assert teacher.training
+    # Soft targets teach more slowly than hard labels (0.75 here after 10 epochs); chance is 0.25,
+    # and a student that followed the labels would score 0.
+    assert evaluate(student, taught)["accuracy"] > 0.6
+    plain = _model(seed=2)
+    train(plain, wrong, dataclasses.replace(config, distill=0.0), progress=False)
+    assert evaluate(plain, wrong)["accuracy"] > 0.9 and evaluate(plain, taught)["accuracy"] < 0.1
+
+
+def test_distill_loss_is_the_mix_of_its_terms():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    ce = nn.functional.cross_entropy(s, y)
+    assert torch.allclose(T.DistillLoss(0.0, 4.0)(s, y, t), ce)
+    assert T.DistillLoss(1.0, 3.0)(t, y, t).abs() < 1e-6      # matching the teacher costs nothing
+    kl = nn.functional.kl_div(torch.log_softmax(s / 3, 1), torch.softmax(t / 3, 1), reduction="batchmean")
+    assert torch.allclose(T.DistillLoss(0.25, 3.0)(s, y, t), 0.75 * ce + 0.25 * 9 * kl)
+
+
+def test_checkpoint_from_before_the_distill_fields_still_loads(tmp_path):
+    path = tmp_path / "old.pt"
+    config = dataclasses.replace(CONFIG, epochs=1)
+    train(_model(), _data(), config, checkpoint=path, progress=False)
+    ckpt = torch.load(path, weights_only=False)
+    for key in T._ADDED_FIELDS:
+        del ckpt["config"][key]
+    torch.save(ckpt, path)
+    assert train(_model(), _data(), config, checkpoint=path, progress=False).skipped
+    with pytest.raises(ValueError, match="distill"):  # but a distilled run is not that checkpoint
+        train(_model(), _data(), dataclasses.replace(config, distill=0.5), checkpoint=path,
+              teacher=_model(), progress=False)
