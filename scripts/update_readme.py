@@ -105,7 +105,10 @@ def follow_up_lines() -> list[str]:
         for r in read_csv(path):
             if r["variant"] == "baseline":
                 continue
-            lines.append(f"- {r['model']} {r['variant']}, {int(float(r['finetune_epochs']))} fine-tuning epochs: "
+            distill = float(r.get("finetune_distill") or 0)
+            how = f"{int(float(r['finetune_epochs']))} fine-tuning epochs" + (
+                f", distilled from the baseline (alpha {distill:g})" if distill else "")
+            lines.append(f"- {r['model']} {r['variant']}, {how}: "
                          f"{float(r['delta_points']):+.2f} points, MACs x{float(r['macs_x']):.2f}, "
                          f"CPU batch 1 **x{float(r['cpu_b1_speedup']):.2f}**, "
                          f"batch 256 x{float(r['cpu_b256_speedup']):.2f}")
