@@ -33,7 +33,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from decomp.data import load_cifar10  # noqa: E402
 from decomp.measure import count_macs, count_params  # noqa: E402
 from decomp.reproduce import (  # noqa: E402
-    best_speedups, claims_markdown, plot_accuracy_vs_speedup, plot_layer_speedups, run_variant, subset,
+    FINETUNE_LR, best_speedups, finetune_key, claims_markdown, plot_accuracy_vs_speedup, plot_layer_speedups, run_variant, subset,
     variant_table,
 )
 from decomp.runinfo import atomic_write_text, write_sidecar  # noqa: E402
@@ -57,6 +57,7 @@ class Profile:
     ft_images: int = 10_000          # training images used for fine-tuning (0 = all)
     ft_batch_size: int = 256         # fine-tuning images per step
     ft_distill: float = 0.0          # weight of distillation from the baseline while fine-tuning (0 = off)
+    ft_control: bool = False         # also fine-tune the undecomposed baseline alike (control.csv)
     bn_batches: int = 40             # batches of ft_batch_size images to re-estimate BN statistics after decomposing (0 = off)
     variants: tuple = ()             # names of the grid's variants to run (empty = all)
     min_speedup: float | None = None  # keep layers whose decomposition is timed < this much faster at batch 1 (None = off)
@@ -130,6 +131,9 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     p.add_argument("--ft-distill", type=float, metavar="ALPHA",
                    help="fine-tune with knowledge distillation from the baseline: loss = (1 - ALPHA) * "
                         "cross-entropy + ALPHA * T^2 * KL at temperature 4 (decomp.train.DistillLoss)")
+    p.add_argument("--ft-control", action="store_true", default=None,
+                   help="control: also fine-tune each undecomposed baseline with the same settings "
+                        "(no distillation), so the gain from the extra epochs alone is measured")
     p.add_argument("--variants", type=lambda v: tuple(x for x in v.split(",") if x),
                    help="run only these variants of the grid, comma-separated names as in summary.csv "
                         "(e.g. tucker2+svd-all@vbmf)")
@@ -138,6 +142,7 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     prof = PROFILES[a.profile]
     over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
                               ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs), ("ft_distill", a.ft_distill),
+                              ("ft_control", a.ft_control),
                               ("variants", a.variants)) if v is not None}
     prof = replace(prof, **over)
     a.out = a.out or Path("results/cifar10") / prof.name
@@ -174,6 +179,27 @@ def finetune_config(prof: Profile, lr: float) -> TrainConfig:
     return TrainConfig(epochs=prof.ft_epochs, batch_size=prof.ft_batch_size, lr=lr,
                        warmup_frac=0.1, seed=prof.seed, channels_last=prof.channels_last,
                        distill=prof.ft_distill)
+
+
+CONTROL_LR = FINETUNE_LR["tucker2+svd-all"]  # the Tucker-2 and SVD families' fine-tuning lr
+
+
+def finetune_control(base, base_info: dict, prof: Profile, ft_train, test, cache: Path, progress: bool) -> dict:
+    """Fine-tune a copy of the undecomposed baseline exactly as the variants are (lr of the
+    Tucker-2/SVD families, no distillation): how much of a variant's recovery is extra training.
+    Cached and resumable like every fine-tuning."""
+    import copy
+
+    config = finetune_config(replace(prof, ft_distill=0.0), CONTROL_LR)
+    model = copy.deepcopy(base)
+    res = train(model, ft_train, config, checkpoint=cache / "baseline+ft" / finetune_key(config, len(ft_train)) / "finetune.pt",
+                test_data=test, device=prof.device, model_config={"base": base_info["model_config"], "variant": "baseline+ft"},
+                progress=progress)
+    top1 = res.test["accuracy"]
+    return {"model": base_info["model"], "variant": "baseline+ft", "top1_base": base_info["top1"],
+            "top1_after": top1, "delta_points": 100 * (top1 - base_info["top1"]),
+            "finetune_epochs": config.epochs, "finetune_images": len(ft_train), "finetune_lr": config.lr,
+            "finetune_s": sum(h["seconds"] for h in res.history), "cached": res.skipped}
 
 
 def select_variants(prof: Profile) -> list:
@@ -217,7 +243,7 @@ def main(argv=None) -> None:
 
     # (2) baselines, then (3) the variants: the origin's heuristic and VBMF of every model before
     # the aggressive fractions of any, so a time-boxed run with several models drops those first.
-    models, plan = [], []
+    models, plan, controls = [], [], []
     for model_name, width in prof.models:
         mcfg = ModelConfig(name=model_name, width=width)
         tag = f"{mcfg.name}_w{width:g}"
@@ -230,6 +256,13 @@ def main(argv=None) -> None:
         log(f"{tag} baseline top-1 {100 * res.test['accuracy']:.2f}%"
             + (" (cached)" if res.skipped else f" ({res.elapsed_s:.0f} s)"))
         models.append((tag, base, base_info))
+        if prof.ft_control:
+            start = time.perf_counter()
+            controls.append(finetune_control(base, base_info, prof, ft_train, test, args.cache / tag, progress))
+            stage_s[f"{tag}/control"] = {"seconds": time.perf_counter() - start, "cached": controls[-1]["cached"],
+                                         "finetune_s": controls[-1]["finetune_s"]}
+            log(f"{tag} control, baseline fine-tuned alike: top-1 {100 * controls[-1]['top1_after']:.2f}% "
+                f"({controls[-1]['delta_points']:+.2f} points)")
         plan += [(tag, v) for v in select_variants(prof)]
     core = lambda v: v.rank == "vbmf" or v.rank == prof.fractions[0]  # noqa: E731
     plan = [p for p in plan if core(p[1])] + [p for p in plan if not core(p[1])]
@@ -277,7 +310,7 @@ def main(argv=None) -> None:
                 rows.append(row)
                 layer_rows += layers
     stage_s["total"] = time.perf_counter() - t0
-    write_outputs(rows, layer_rows, skipped, prof, args, data.description, stage_s)
+    write_outputs(rows, layer_rows, skipped, prof, args, data.description, stage_s, controls)
     log(f"wrote {args.out}")
 
 
@@ -320,7 +353,7 @@ def summary_columns(df) -> dict:
     return cols
 
 
-def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s) -> None:
+def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s, controls=()) -> None:
     import pandas as pd
 
     out: Path = args.out
@@ -357,7 +390,9 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s) -> 
         write_sidecar(out / "accuracy_vs_speedup.png", command=command, extra=extra)
     if plot_layer_speedups(ldf, out / "layer_speedups.png", prof.min_speedup) is not None:
         write_sidecar(out / "layer_speedups.png", command=command, extra=extra)
-    save_text("README.md", readme(df, prof, command, data_desc, stage_s, skipped))
+    if controls:
+        save_text("control.csv", pd.DataFrame(controls).to_csv(index=False))
+    save_text("README.md", readme(df, prof, command, data_desc, stage_s, skipped, controls))
 
 
 def distill_text(prof: Profile) -> str:
@@ -366,6 +401,19 @@ def distill_text(prof: Profile) -> str:
     return (f"; the loss distils from the baseline: {1 - prof.ft_distill:g} x label-smoothed "
             f"cross-entropy + {prof.ft_distill:g} x T^2 x KL(baseline || variant) at T = {TrainConfig().distill_temperature:g} "
             "(`decomp.train.DistillLoss`)")
+
+
+def control_text(controls) -> str:
+    """The control's paragraph: what the same fine-tuning does to the undecomposed baseline."""
+    if not controls:
+        return ""
+    lines = ["- Control (`control.csv`): each undecomposed baseline fine-tuned exactly like the variants "
+             f"(lr {CONTROL_LR:g}, no distillation). Part of a variant's recovery is this extra "
+             "training; its Δ against the control is the cost of the decomposition itself:"]
+    for c in controls:
+        lines.append(f"  - {c['model']}: {100 * c['top1_base']:.2f}% -> {100 * c['top1_after']:.2f}% "
+                     f"({c['delta_points']:+.2f} points) after {c['finetune_epochs']} epoch(s)")
+    return "\n".join(lines) + "\n"
 
 
 def compute_seconds(stage_s: dict) -> float:
@@ -381,7 +429,8 @@ def argv_is_cli() -> bool:
     return Path(sys.argv[0]).name == Path(__file__).name
 
 
-def readme(df, prof: Profile, command: str | None, data_desc: dict, stage_s: dict, skipped: list) -> str:
+def readme(df, prof: Profile, command: str | None, data_desc: dict, stage_s: dict, skipped: list,
+           controls=()) -> str:
     cmd = command or f"python scripts/reproduce_cifar10.py --profile {prof.name}"
     layer_plot_row = guard_doc = overrides_doc = ""
     defined = PROFILES.get(prof.name)
@@ -453,7 +502,7 @@ Profile settings:
   (`decomp.measure.time_interleaved`, eval, `inference_mode`, fp32, NCHW); CPU at 1 thread with the
   thread CPU clock (the machine is shared), batches {prof.cpu_batches}; GPU (when present) wall clock
   with synchronisation, batches {prof.gpu_batches}. Speedup = baseline median / variant median.
-""" + (f"- Not run for the time budget ({prof.budget_s:g} s): {', '.join(skipped)}.\n" if skipped else "") + f"""
+""" + (f"- Not run for the time budget ({prof.budget_s:g} s): {', '.join(skipped)}.\n" if skipped else "") + control_text(controls) + f"""
 ## Best measured speedups
 
 {chr(10).join(best) if best else '- no variant within 3 points.'}

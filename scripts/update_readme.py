@@ -112,6 +112,11 @@ def follow_up_lines() -> list[str]:
                          f"{float(r['delta_points']):+.2f} points, MACs x{float(r['macs_x']):.2f}, "
                          f"CPU batch 1 **x{float(r['cpu_b1_speedup']):.2f}**, "
                          f"batch 256 x{float(r['cpu_b256_speedup']):.2f}")
+        control = path.with_name("control.csv")
+        for c in read_csv(control) if control.exists() else []:
+            lines.append(f"- control, {c['model']} baseline fine-tuned alike for {c['finetune_epochs']} epochs "
+                         f"without decomposing: {float(c['delta_points']):+.2f} points "
+                         f"({100 * float(c['top1_base']):.2f}% -> {100 * float(c['top1_after']):.2f}%)")
         lines.append("")
     return lines
 

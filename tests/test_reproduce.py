@@ -142,9 +142,13 @@ def test_script_profiles_and_outputs_with_sidecars(tmp_path):
                "method": "cp", "ranks": 4, "params_before": 10, "params_after": 5, "macs_before": 10,
                "macs_after": 5, "rel_error": 0.1, "skipped": None}]
     s.write_outputs(df.to_dict("records"), layers, [], replace_models(prof), args,
-                    {"dataset": "fake", "sha256": "0" * 64}, {"total": 1.0})
+                    {"dataset": "fake", "sha256": "0" * 64}, {"total": 1.0},
+                    [{"model": "m", "variant": "baseline+ft", "top1_base": 0.9, "top1_after": 0.91,
+                      "delta_points": 1.0, "finetune_epochs": 2}])
     names = {p.name for p in tmp_path.iterdir()}
-    for f in ("summary.csv", "summary.md", "layers.csv", "layers.md", "README.md", "accuracy_vs_speedup.png"):
+    assert "m: 90.00% -> 91.00% (+1.00 points) after 2 epoch(s)" in (tmp_path / "README.md").read_text()
+    for f in ("summary.csv", "summary.md", "layers.csv", "layers.md", "README.md", "accuracy_vs_speedup.png",
+              "control.csv"):
         assert f in names and f + ".json" in names
     side = json.loads((tmp_path / "summary.csv.json").read_text())
     assert side["data"]["sha256"] == "0" * 64 and side["profile"]["epochs"] == 3
@@ -232,3 +236,26 @@ def test_run_variant_distils_from_the_baseline_into_its_own_cache(tmp_path, monk
     assert st["decompose_cached"] and not st["finetune_cached"]
     assert plain["finetune_distill"] == 0 and kd["finetune_distill"] == 0.9
     assert (tmp_path / variant.name / "ft-e1-n64-bs32-lr0.01-kd0.9-T4" / "result.json").is_file()
+
+
+def test_control_fine_tunes_the_undecomposed_baseline_alike(tmp_path):
+    s = _script()
+    torch.set_num_threads(1)
+    base = alexnet_cifar(width=1 / 16).eval()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    data = _tiny_data()
+    prof = replace_models(s.parse(["--profile", "cpu", "--ft-epochs", "1", "--ft-distill", "0.5",
+                                   "--ft-control"])[0])
+    assert prof.ft_control
+    info = {"model": "m", "top1": 0.5, "model_config": {"name": "alexnet"}}
+    from dataclasses import replace
+    prof = replace(prof, ft_batch_size=32)
+    row = s.finetune_control(base, info, prof, data, data, tmp_path, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # a copy was trained
+    assert row["variant"] == "baseline+ft" and row["finetune_epochs"] == 1 and row["finetune_lr"] == s.CONTROL_LR
+    assert row["delta_points"] == pytest.approx(100 * (row["top1_after"] - 0.5)) and not row["cached"]
+    key = "ft-e1-n64-bs32-lr0.04"  # no distillation in the control, whatever the variants use
+    assert (tmp_path / "baseline+ft" / key / "finetune.pt").is_file()
+    assert s.finetune_control(base, info, prof, data, data, tmp_path, progress=False)["cached"]
+    text = s.control_text([row])
+    assert "m: 50.00% ->" in text and "after 1 epoch(s)" in text and s.control_text([]) == ""
