@@ -113,6 +113,27 @@ PROFILES = {
 }
 
 
+def parse_models(text: str) -> tuple:
+    """``"vgg16_bn:1,alexnet:0.5"`` -> ``(("vgg16_bn", 1.0), ("alexnet", 0.5))``."""
+    from decomp.zoo import MODELS
+
+    models = []
+    for item in filter(None, text.split(",")):
+        name, _, width = item.partition(":")
+        if name not in MODELS:
+            raise argparse.ArgumentTypeError(f"model {name!r} is not one of {sorted(MODELS)}")
+        try:
+            value = float(width or 1.0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"width {width!r} of {name} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"width of {name} must be > 0; got {value:g}")
+        models.append((name, value))
+    if not models:
+        raise argparse.ArgumentTypeError("name at least one model, e.g. vgg16_bn:0.5")
+    return tuple(models)
+
+
 def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
@@ -128,6 +149,8 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     p.add_argument("--min-speedup", type=float, help="override the profile's per-layer speed guard "
                    "(decompose only layers measured at least this much faster at batch 1)")
     p.add_argument("--ft-epochs", type=int, help="override the profile's fine-tuning epochs per variant")
+    p.add_argument("--models", type=parse_models, metavar="NAME:WIDTH,...",
+                   help="override the profile's models, e.g. vgg16_bn:1 or vgg16_bn:0.5,alexnet:0.5")
     p.add_argument("--ft-distill", type=float, metavar="ALPHA",
                    help="fine-tune with knowledge distillation from the baseline: loss = (1 - ALPHA) * "
                         "cross-entropy + ALPHA * T^2 * KL at temperature 4 (decomp.train.DistillLoss)")
@@ -142,7 +165,7 @@ def parse(argv=None) -> tuple[Profile, argparse.Namespace]:
     prof = PROFILES[a.profile]
     over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
                               ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs), ("ft_distill", a.ft_distill),
-                              ("ft_control", a.ft_control),
+                              ("ft_control", a.ft_control), ("models", a.models),
                               ("variants", a.variants)) if v is not None}
     prof = replace(prof, **over)
     a.out = a.out or Path("results/cifar10") / prof.name

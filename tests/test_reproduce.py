@@ -259,3 +259,14 @@ def test_control_fine_tunes_the_undecomposed_baseline_alike(tmp_path):
     assert s.finetune_control(base, info, prof, data, data, tmp_path, progress=False)["cached"]
     text = s.control_text([row])
     assert "m: 50.00% ->" in text and "after 1 epoch(s)" in text and s.control_text([]) == ""
+
+
+def test_script_models_override_is_checked():
+    s = _script()
+    prof, _ = s.parse(["--profile", "gpu", "--models", "vgg16_bn:1"])
+    assert prof.models == (("vgg16_bn", 1.0),)
+    assert s.parse(["--profile", "cpu", "--models", "vgg16_bn:0.5,alexnet"])[0].models == (
+        ("vgg16_bn", 0.5), ("alexnet", 1.0))
+    for bad in ("resnet:1", "vgg16_bn:wide", "vgg16_bn:0", ","):
+        with pytest.raises(SystemExit):
+            s.parse(["--profile", "cpu", "--models", bad])
