@@ -93,30 +93,42 @@ def cifar_lines() -> list[str]:
 
 def follow_up_lines() -> list[str]:
     """Runs of a profile with overrides (e.g. one variant with longer fine-tuning), one line per
-    variant, with the command from the sidecar."""
+    variant, with the command and machine from the sidecar, and the control's line if it ran."""
     lines = []
     for path in sorted((ROOT / "results/cifar10").glob("*/summary.csv")):
         name = path.parent.name
         if name in ("smoke", "cpu", "gpu"):
             continue
-        command = json.loads(path.with_name("summary.csv.json").read_text()).get("command")
+        side = json.loads(path.with_name("summary.csv.json").read_text())
+        where = f"{side['cpu']} ({side['cpu_count']} cores, timed at 1 thread)" + (
+            f" and {side['gpu']['name']}" if side.get("gpu") else "")
         lines += [f"**CIFAR-10 follow-up run `{name}`** ([`results/cifar10/{name}/`](results/cifar10/{name}/README.md);"
-                  f" `{command}`):", ""]
-        for r in read_csv(path):
+                  f" `{side.get('command')}`; timed on {where}):", ""]
+        control = path.with_name("control.csv")
+        controls = {c["model"]: c for c in (read_csv(control) if control.exists() else [])}
+        rows = read_csv(path)
+        speeds = [c for c in rows[0] if c.endswith("_speedup") and c.split("_")[0] in ("cpu", "gpu")]
+        for r in rows:
             if r["variant"] == "baseline":
+                base_line = f"- {r['model']} baseline top-1 {100 * float(r['top1_after']):.2f}%"
+                c = controls.get(r["model"])
+                if c:
+                    base_line += (f"; control, the baseline fine-tuned alike for {c['finetune_epochs']} epochs "
+                                  f"without decomposing: {100 * float(c['top1_after']):.2f}% "
+                                  f"({float(c['delta_points']):+.2f} points)")
+                lines.append(base_line)
                 continue
             distill = float(r.get("finetune_distill") or 0)
             how = f"{int(float(r['finetune_epochs']))} fine-tuning epochs" + (
                 f", distilled from the baseline (alpha {distill:g})" if distill else "")
-            lines.append(f"- {r['model']} {r['variant']}, {how}: "
-                         f"{float(r['delta_points']):+.2f} points, MACs x{float(r['macs_x']):.2f}, "
-                         f"CPU batch 1 **x{float(r['cpu_b1_speedup']):.2f}**, "
-                         f"batch 256 x{float(r['cpu_b256_speedup']):.2f}")
-        control = path.with_name("control.csv")
-        for c in read_csv(control) if control.exists() else []:
-            lines.append(f"- control, {c['model']} baseline fine-tuned alike for {c['finetune_epochs']} epochs "
-                         f"without decomposing: {float(c['delta_points']):+.2f} points "
-                         f"({100 * float(c['top1_base']):.2f}% -> {100 * float(c['top1_after']):.2f}%)")
+            c = controls.get(r["model"])
+            against = (f" ({100 * (float(r['top1_after']) - float(c['top1_after'])):+.2f} against the control)"
+                       if c else "")
+            timings = ", ".join(("**x{:.2f}** " if col == "cpu_b1_speedup" else "x{:.2f} ").format(float(r[col]))
+                                + _speed_label(col) for col in speeds)
+            lines.append(f"- {r['model']} {r['variant']}, {how}: top-1 {100 * float(r['top1_after']):.2f}%, "
+                         f"{float(r['delta_points']):+.2f} points{against}, MACs x{float(r['macs_x']):.2f}, "
+                         f"measured {timings}")
         lines.append("")
     return lines
 
