@@ -116,14 +116,15 @@ def environment_info() -> dict[str, Any]:
             "count": torch.cuda.device_count(),
             "cuda": torch.version.cuda,
         }
-    # results/ is left out of the dirty check: a run rewrites its own tracked result files.
-    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)results")
     # A tree copied to another machine (a GPU box) may carry no .git or a stale one: there the
     # sender's DECOMP_GIT_SHA names the commit that really runs, and the local git state is moot.
     sender_sha = os.environ.get("DECOMP_GIT_SHA") or None
+    # results/ is left out of the dirty check: a run rewrites its own tracked result files.
+    status = None if sender_sha else _git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                                          ":(top,exclude)results")
     return {
         "git_sha": sender_sha or _git("rev-parse", "HEAD"),
-        "git_dirty": None if sender_sha or status is None else bool(status),
+        "git_dirty": None if status is None else bool(status),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in _PACKAGES},
         "platform": platform.platform(),

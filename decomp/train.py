@@ -14,6 +14,7 @@ The library prints nothing: metrics are returned, progress goes through tqdm to 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -324,6 +325,29 @@ def _set_rng_state(state: Mapping[str, torch.Tensor], device: torch.device) -> N
 # train()
 
 
+@contextlib.contextmanager
+def _placed(model: nn.Module, teacher: nn.Module | None, device: torch.device, channels_last: bool):
+    """Move ``model`` (and ``teacher``, in eval mode) to ``device`` and the training layout; on the
+    way out hand both back in the default layout (decomposition reshapes weights) and the
+    teacher in its prior mode."""
+    nets = [model] + ([teacher] if teacher is not None else [])
+    teacher_was_training = teacher is not None and teacher.training
+    for net in nets:
+        net.to(device)
+        if channels_last:
+            net.to(memory_format=torch.channels_last)
+    if teacher is not None:
+        teacher.eval()
+    try:
+        yield
+    finally:
+        for net in nets:
+            if channels_last:
+                net.to(memory_format=torch.contiguous_format)
+        if teacher is not None:
+            teacher.train(teacher_was_training)
+
+
 def train(
     model: nn.Module,
     train_data: Split,
@@ -360,80 +384,60 @@ def train(
             f"teacher={'None' if teacher is None else type(teacher).__name__}: pass both or neither")
     start_time = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
-    nets = [model] + ([teacher] if teacher is not None else [])
-    teacher_was_training = teacher.training if teacher is not None else False
-    for net in nets:
-        net.to(device)
-        if config.channels_last:
-            net.to(memory_format=torch.channels_last)
-    if teacher is not None:
-        teacher.eval()
-    try:
-        return _train(model, train_data, config, checkpoint, test_data, device, model_config, meta,
-                      progress, stop_after_epoch, start_time, teacher)
-    finally:
-        for net in nets:
-            if config.channels_last:  # hand back the default layout: decomposition reshapes weights
-                net.to(memory_format=torch.contiguous_format)
-        if teacher is not None:
-            teacher.train(teacher_was_training)
+    with _placed(model, teacher, device, config.channels_last):
+        model_cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else (
+            dict(model_config) if model_config is not None else None)
+        path = Path(checkpoint) if checkpoint is not None else None
+        ckpt = _load_matching(path, config, model_cfg)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            if ckpt["complete"]:
+                test = ckpt.get("test") or (evaluate(model, test_data, device=device, amp=config.amp)
+                                            if test_data is not None else None)
+                return TrainResult(ckpt["history"], test, ckpt["epoch"], ckpt["epoch"], True, True,
+                                   time.perf_counter() - start_time, str(path))
 
-
-def _train(model, train_data, config, checkpoint, test_data, device, model_config, meta, progress,
-           stop_after_epoch, start_time, teacher) -> TrainResult:
-    model_cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else (
-        dict(model_config) if model_config is not None else None)
-    path = Path(checkpoint) if checkpoint is not None else None
-    ckpt = _load_matching(path, config, model_cfg)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        if ckpt["complete"]:
-            test = ckpt.get("test") or (evaluate(model, test_data, device=device, amp=config.amp)
-                                        if test_data is not None else None)
-            return TrainResult(ckpt["history"], test, ckpt["epoch"], ckpt["epoch"], True, True,
-                               time.perf_counter() - start_time, str(path))
-
-    loader = Loader(train_data, config.batch_size, train=True, device=device, seed=config.seed,
-                    augment=config.augment, pad_mode=config.pad_mode, channels_last=config.channels_last)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, len(loader))
-    criterion = (DistillLoss(config.distill, config.distill_temperature, config.label_smoothing)
-                 if teacher is not None else nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
-    history: list[dict[str, Any]] = list(ckpt["history"]) if ckpt else []
-    start_epoch = ckpt["epoch"] if ckpt else 0
-    if ckpt:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-    last = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
-    was_training, test = model.training, None
-    fork_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):  # dropout's RNG, restored for the caller after
+        loader = Loader(train_data, config.batch_size, train=True, device=device, seed=config.seed,
+                        augment=config.augment, pad_mode=config.pad_mode, channels_last=config.channels_last)
+        optimizer = make_optimizer(model, config)
+        scheduler = make_scheduler(optimizer, config, len(loader))
+        criterion = (DistillLoss(config.distill, config.distill_temperature, config.label_smoothing)
+                     if teacher is not None else nn.CrossEntropyLoss(label_smoothing=config.label_smoothing))
+        history: list[dict[str, Any]] = list(ckpt["history"]) if ckpt else []
+        start_epoch = ckpt["epoch"] if ckpt else 0
         if ckpt:
-            _set_rng_state(ckpt["rng"], device)
-        else:
-            torch.manual_seed(config.seed)
-        for epoch in range(start_epoch, last):
-            loader.set_epoch(epoch)
-            stats = train_epoch(model, loader, optimizer, scheduler, criterion, amp=config.amp,
-                                progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}",
-                                teacher=teacher)
-            history.append({"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **stats})
-            complete = epoch + 1 == config.epochs
-            if complete and test_data is not None:
-                test = evaluate(model, test_data, device=device, channels_last=config.channels_last,
-                                amp=config.amp, progress=progress)
-            if path is not None:
-                atomic_torch_save({
-                    "format": _CHECKPOINT_FORMAT, "complete": complete, "epoch": epoch + 1,
-                    "config": asdict(config), "model_config": model_cfg, "meta": dict(meta or {}),
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": _rng_state(device),
-                    "history": history, "test": test,
-                }, path)
-    model.train(was_training)
-    done = history[-1]["epoch"] if history else 0
-    return TrainResult(history, test, start_epoch, done, done == config.epochs, False,
-                       time.perf_counter() - start_time, str(path) if path else None)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+        last = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
+        was_training, test = model.training, None
+        fork_devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=fork_devices):  # dropout's RNG, restored for the caller after
+            if ckpt:
+                _set_rng_state(ckpt["rng"], device)
+            else:
+                torch.manual_seed(config.seed)
+            for epoch in range(start_epoch, last):
+                loader.set_epoch(epoch)
+                stats = train_epoch(model, loader, optimizer, scheduler, criterion, amp=config.amp,
+                                    progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}",
+                                    teacher=teacher)
+                history.append({"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **stats})
+                complete = epoch + 1 == config.epochs
+                if complete and test_data is not None:
+                    test = evaluate(model, test_data, device=device, channels_last=config.channels_last,
+                                    amp=config.amp, progress=progress)
+                if path is not None:
+                    atomic_torch_save({
+                        "format": _CHECKPOINT_FORMAT, "complete": complete, "epoch": epoch + 1,
+                        "config": asdict(config), "model_config": model_cfg, "meta": dict(meta or {}),
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "rng": _rng_state(device),
+                        "history": history, "test": test,
+                    }, path)
+        model.train(was_training)
+        done = history[-1]["epoch"] if history else 0
+        return TrainResult(history, test, start_epoch, done, done == config.epochs, False,
+                           time.perf_counter() - start_time, str(path) if path else None)
 
 
 def _load_matching(path: Path | None, config: TrainConfig, model_cfg: dict | None) -> dict | None:

@@ -15,6 +15,7 @@ against the baseline interleaved in the same run. Then ``--out`` gets ``summary.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import os
 import sys
@@ -33,8 +34,8 @@ from tqdm.auto import tqdm  # noqa: E402
 from decomp.data import load_cifar10  # noqa: E402
 from decomp.measure import count_macs, count_params  # noqa: E402
 from decomp.reproduce import (  # noqa: E402
-    FINETUNE_LR, best_speedups, finetune_key, claims_markdown, plot_accuracy_vs_speedup, plot_layer_speedups, run_variant, subset,
-    variant_table,
+    FINETUNE_LR, best_speedups, claims_markdown, finetune_key, plot_accuracy_vs_speedup, plot_layer_speedups,
+    run_variant, subset, variant_table,
 )
 from decomp.runinfo import atomic_write_text, write_sidecar  # noqa: E402
 from decomp.train import TrainConfig, train  # noqa: E402
@@ -211,13 +212,11 @@ def finetune_control(base, base_info: dict, prof: Profile, ft_train, test, cache
     """Fine-tune a copy of the undecomposed baseline exactly as the variants are (lr of the
     Tucker-2/SVD families, no distillation): how much of a variant's recovery is extra training.
     Cached and resumable like every fine-tuning."""
-    import copy
-
     config = finetune_config(replace(prof, ft_distill=0.0), CONTROL_LR)
     model = copy.deepcopy(base)
-    res = train(model, ft_train, config, checkpoint=cache / "baseline+ft" / finetune_key(config, len(ft_train)) / "finetune.pt",
-                test_data=test, device=prof.device, model_config={"base": base_info["model_config"], "variant": "baseline+ft"},
-                progress=progress)
+    checkpoint = cache / "baseline+ft" / finetune_key(config, len(ft_train)) / "finetune.pt"
+    res = train(model, ft_train, config, checkpoint=checkpoint, test_data=test, device=prof.device,
+                model_config={"base": base_info["model_config"], "variant": "baseline+ft"}, progress=progress)
     top1 = res.test["accuracy"]
     return {"model": base_info["model"], "variant": "baseline+ft", "top1_base": base_info["top1"],
             "top1_after": top1, "delta_points": 100 * (top1 - base_info["top1"]),
@@ -252,7 +251,7 @@ def main(argv=None) -> None:
     stage_s: dict = {}
     log = lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")  # noqa: E731
 
-    select_variants(prof)  # a bad --variants fails now, not after training
+    grid = select_variants(prof)  # a bad --variants fails now, not after training
     # (1) data
     start = time.perf_counter()
     data = load_cifar10(data_path(prof, args.data), cache_dir=args.data_cache)
@@ -286,7 +285,7 @@ def main(argv=None) -> None:
                                          "finetune_s": controls[-1]["finetune_s"]}
             log(f"{tag} control, baseline fine-tuned alike: top-1 {100 * controls[-1]['top1_after']:.2f}% "
                 f"({controls[-1]['delta_points']:+.2f} points)")
-        plan += [(tag, v) for v in select_variants(prof)]
+        plan += [(tag, v) for v in grid]
     core = lambda v: v.rank == "vbmf" or v.rank == prof.fractions[0]  # noqa: E731
     plan = [p for p in plan if core(p[1])] + [p for p in plan if not core(p[1])]
 
@@ -327,7 +326,7 @@ def main(argv=None) -> None:
                      "top1_before": info["top1"], "top1_after": info["top1"], "delta_points": 0.0,
                      "params": info["params"], "params_x": 1.0, "macs": info["macs"], "macs_x": 1.0,
                      "finetune_lr": None, "baseline_epochs": prof.epochs, "baseline_lr": prof.lr})
-        for v in select_variants(prof):
+        for v in grid:
             if (tag, v.name) in done_rows:
                 row, layers = done_rows[tag, v.name]
                 rows.append(row)

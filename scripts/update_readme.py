@@ -72,6 +72,17 @@ def layer_lines() -> list[str]:
     return lines + [""]
 
 
+def _timed_on(sidecar: dict) -> str:
+    """The machine a run's speedups were timed on, from its sidecar."""
+    gpu = f" and {sidecar['gpu']['name']}" if sidecar.get("gpu") else ""
+    return f"{sidecar['cpu']} ({sidecar['cpu_count']} cores, timed at 1 thread){gpu}"
+
+
+def _speed_columns(rows) -> list[str]:
+    """The measured speedup columns of a summary, e.g. ``["cpu_b1_speedup", "gpu_b256_speedup"]``."""
+    return [c for c in rows[0] if c.endswith("_speedup") and c.split("_")[0] in ("cpu", "gpu")]
+
+
 def cifar_lines() -> list[str]:
     lines = []
     for profile in ("cpu", "gpu"):  # smoke: tiny models on a subset, accuracy is noise
@@ -80,7 +91,7 @@ def cifar_lines() -> list[str]:
             continue
         rows = read_csv(path)
         side = json.loads(path.with_name("summary.csv.json").read_text())
-        where = f"{side['cpu']} ({side['cpu_count']} cores, timed at 1 thread)" + (f" and {side['gpu']['name']}" if side.get("gpu") else "")
+        where = _timed_on(side)
         lines += [f"**CIFAR-10 fine-tuning, `{profile}` profile** "
                   f"([`results/cifar10/{profile}/`](results/cifar10/{profile}/README.md)), timed on {where}. "
                   "Best measured speedup per model at a given top-1 loss, with the variant and its Δ:", ""]
@@ -100,14 +111,13 @@ def follow_up_lines() -> list[str]:
         if name in ("smoke", "cpu", "gpu"):
             continue
         side = json.loads(path.with_name("summary.csv.json").read_text())
-        where = f"{side['cpu']} ({side['cpu_count']} cores, timed at 1 thread)" + (
-            f" and {side['gpu']['name']}" if side.get("gpu") else "")
+        where = _timed_on(side)
         lines += [f"**CIFAR-10 follow-up run `{name}`** ([`results/cifar10/{name}/`](results/cifar10/{name}/README.md);"
                   f" `{side.get('command')}`; timed on {where}):", ""]
         control = path.with_name("control.csv")
         controls = {c["model"]: c for c in (read_csv(control) if control.exists() else [])}
         rows = read_csv(path)
-        speeds = [c for c in rows[0] if c.endswith("_speedup") and c.split("_")[0] in ("cpu", "gpu")]
+        speeds = _speed_columns(rows)
         for r in rows:
             if r["variant"] == "baseline":
                 base_line = f"- {r['model']} baseline top-1 {100 * float(r['top1_after']):.2f}%"
@@ -141,7 +151,7 @@ def _speed_label(col: str) -> str:
 
 def _cifar_rows(rows) -> list[str]:
     """A table per profile: for each model and top-1 loss limit, the fastest variant per timing."""
-    cols = [c for c in rows[0] if c.endswith("_speedup") and c.split("_")[0] in ("cpu", "gpu")]
+    cols = _speed_columns(rows)
     out = ["| model | baseline top-1 | top-1 lost | " + " | ".join(map(_speed_label, cols)) + " |",
            "|---|---|---|" + "---|" * len(cols)]
     models = list(dict.fromkeys(r["model"] for r in rows))
