@@ -56,7 +56,11 @@ class TrainConfig:
     augment: bool = True  # random crop (4-pixel padding) and horizontal flip of training batches
     pad_mode: str = "reflect"  # crop padding: "reflect" or "zeros" (black)
     channels_last: bool = False  # batches and model in channels_last memory format
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU (always float32 there)
+    amp: bool = True  # bf16 autocast on CUDA; on CPU only with amp_cpu
+    # bf16 autocast on CPU too (training steps only; evaluation stays float32 there). Off by
+    # default: measured 2.4x faster training of VGG16-BN w0.5 on an AVX512-BF16 AMD EPYC with
+    # channels_last, but a CPU without native bf16 emulates it slowly.
+    amp_cpu: bool = False
     distill: float = 0.0  # weight of knowledge distillation from train(teacher=...); 0 = off
     distill_temperature: float = 4.0  # softmax temperature of the distillation term
 
@@ -76,7 +80,7 @@ class TrainConfig:
 
 # TrainConfig fields added after checkpoints were first written: absent from older checkpoints,
 # which were made with (the equivalent of) these fields' defaults.
-_ADDED_FIELDS = ("distill", "distill_temperature")
+_ADDED_FIELDS = ("distill", "distill_temperature", "amp_cpu")
 
 
 @dataclass
@@ -149,7 +153,9 @@ class DistillLoss(nn.Module):
 # Loops
 
 
-def _autocast(device: torch.device, amp: bool):
+def _autocast(device: torch.device, amp: bool, amp_cpu: bool = False):
+    if device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp and amp_cpu)
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
@@ -162,6 +168,7 @@ def train_epoch(
     model: nn.Module, loader: Loader, optimizer: torch.optim.Optimizer, scheduler,
     criterion: nn.Module, *, amp: bool = True, max_steps: int | None = None,
     progress: bool = True, desc: str = "train", teacher: nn.Module | None = None,
+    amp_cpu: bool = False,
 ) -> dict[str, float]:
     """One pass over ``loader`` (or its first ``max_steps`` batches): mean loss, accuracy, steps, seconds.
 
@@ -177,7 +184,7 @@ def train_epoch(
     start = time.perf_counter()
     with tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="step") as bar:
         for images, labels in loader:
-            with _autocast(device, amp):
+            with _autocast(device, amp, amp_cpu):
                 logits = model(images)
                 if teacher is None:
                     loss = criterion(logits.float(), labels)
@@ -419,7 +426,7 @@ def train(
             for epoch in range(start_epoch, last):
                 loader.set_epoch(epoch)
                 stats = train_epoch(model, loader, optimizer, scheduler, criterion, amp=config.amp,
-                                    progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}",
+                                    amp_cpu=config.amp_cpu, progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}",
                                     teacher=teacher)
                 history.append({"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **stats})
                 complete = epoch + 1 == config.epochs
