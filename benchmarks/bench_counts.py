@@ -1,6 +1,6 @@
 """MACs and parameters of every catalogue case (exact counts: they change only with the code)."""
 
-from decomp.catalog import case_by_id
+from decomp.experiments.catalog import case_by_id
 from decomp.measure import count_macs, count_params
 
 from .common import case_ids

@@ -1,7 +1,7 @@
-"""What the asv suites share: the grid (from ``decomp.catalog``), threads and grad mode.
+"""What the asv suites share: the grid (from ``decomp.experiments.catalog``), threads and grad mode.
 
 Grid size comes from ``DECOMP_BENCH_GRID``: ``representative`` (default; the layers of
-``decomp.catalog.REPRESENTATIVE_LAYERS``) or ``full`` (every Conv2d and Linear of VGG16 and
+``decomp.experiments.catalog.REPRESENTATIVE_LAYERS``) or ``full`` (every Conv2d and Linear of VGG16 and
 AlexNet). Threads come from ``DECOMP_BENCH_THREADS`` (default 1; asv.conf.json sets it with
 OMP_NUM_THREADS), applied with ``torch.set_num_threads`` in every setup and recorded by asv as
 part of the environment name.
@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from decomp.catalog import BATCH_SIZES, Case, case_by_id, cases, representative_cases
+from decomp.experiments.catalog import BATCH_SIZES, Case, case_by_id, cases, representative_cases
 
 GRIDS = ("representative", "full")
 MEMORY_FORMATS = ("nchw", "channels_last")

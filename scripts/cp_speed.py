@@ -49,8 +49,8 @@ from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from decomp.cp_als import balance_cp, cp_als, cp_tensorly, svd_init  # noqa: E402
-from decomp.runinfo import atomic_write_text, write_sidecar  # noqa: E402
-from decomp.cli import add_config_arguments, config_values  # noqa: E402
+from decomp.experiments.runinfo import atomic_write_text, write_sidecar  # noqa: E402
+from decomp.cli._config import add_config_arguments, config_values  # noqa: E402
 
 
 @dataclass
@@ -75,7 +75,7 @@ def parse_args(argv=None) -> Config:
     if ns["quick"]:
         ns.update(sizes=(16, 32), n_iter=3, repeats=1)
     if ns["out_dir"] is None:
-        ns["out_dir"] = str(Path(tempfile.gettempdir()) / "decomp_cp_als_quick") if ns["quick"] else cfg.out_dir
+        ns["out_dir"] = str(Path(tempfile.gettempdir()) / "decomp_cp_als_quick") if ns["quick"] else Config().out_dir
     if ns["repeats"] < 1 or ns["n_iter"] < 1:
         p.error(f"Got repeats={ns['repeats']}, n_iter={ns['n_iter']}. However, both must be >= 1.")
     return Config(**ns)

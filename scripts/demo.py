@@ -22,7 +22,7 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 import decomp  # noqa: E402
-from decomp.runinfo import atomic_write_text, write_sidecar  # noqa: E402
+from decomp.experiments.runinfo import atomic_write_text, write_sidecar  # noqa: E402
 
 MODELS = {"vgg16": torchvision.models.vgg16, "alexnet": torchvision.models.alexnet}
 METHODS = {

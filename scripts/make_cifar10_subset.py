@@ -1,11 +1,11 @@
-"""Build decomp/assets/cifar10_subset.tar.gz: a balanced CIFAR-10 subset shipped in the package.
+"""Build decomp/experiments/assets/cifar10_subset.tar.gz: a balanced CIFAR-10 subset shipped in the package.
 
 From the JPEG archive (shared/data/cifar10-jpeg.tar.gz) it picks, per class, ``--train-per-class``
 training and ``--test-per-class`` test images at random with a fixed seed, and packs their
 original JPEG bytes (not re-encoded) into a tar.gz in the same layout,
 ``cifar10-subset/{train,test}/<class>/NNNN.jpg``. Member order, owners, modes and mtimes are
 fixed and gzip stores no name or time, so the same input gives a byte-identical file.
-It also writes decomp/assets/README.md with provenance, counts and the sha256.
+It also writes decomp/experiments/assets/README.md with provenance, counts and the sha256.
 
     python scripts/make_cifar10_subset.py [--source ../shared/data/cifar10-jpeg.tar.gz]
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from decomp.data import CIFAR10_CLASSES, _parse_member  # noqa: E402
-from decomp.runinfo import atomic_write_bytes, atomic_write_text  # noqa: E402
+from decomp.experiments.data import CIFAR10_CLASSES, _parse_member  # noqa: E402
+from decomp.experiments.runinfo import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 
 @dataclass
@@ -83,11 +83,11 @@ def pack(chosen: list[tuple[str, str, str, bytes]], top: str) -> bytes:
 
 
 def readme(config: Config, blob: bytes, source_sha: str, n_train: int, n_test: int) -> str:
-    return f"""# decomp/assets
+    return f"""# decomp/experiments/assets
 
 ## cifar10_subset.tar.gz
 A balanced subset of CIFAR-10 (Krizhevsky, 2009) shipped with the package so that a smoke run
-works on a machine with no data: `decomp.data.load_cifar10()` (no path) loads it.
+works on a machine with no data: `decomp.experiments.data.load_cifar10()` (no path) loads it.
 
 - layout: `{config.top}/train/<class>/NNNN.jpg`, `{config.top}/test/<class>/NNNN.jpg`
   (the image-folder format that `load_cifar10(path)` reads), classes in the order of

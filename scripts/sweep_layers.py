@@ -1,6 +1,6 @@
 """Per-layer sweep: measured speedup of each decomposition next to its MAC reduction.
 
-For every Conv2d and Linear of the chosen models (``decomp.catalog``), the original layer and
+For every Conv2d and Linear of the chosen models (``decomp.experiments.catalog``), the original layer and
 each decomposition at each rank setting are timed side by side, interleaved in rounds
 (``decomp.measure.time_interleaved``) so that machine noise hits all of them alike. Convs are
 timed in NCHW and channels_last; a decomposed row's speedup is against the original in the
@@ -37,10 +37,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from decomp.cli import add_config_arguments, config_values
-from decomp.catalog import FRACTIONS, Case, Layer, cases, model_layers
+from decomp.cli._config import add_config_arguments, config_values
+from decomp.experiments.catalog import FRACTIONS, Case, Layer, cases, model_layers
 from decomp.measure import count_macs, count_params, time_interleaved
-from decomp.runinfo import atomic_write_bytes, atomic_write_text, write_sidecar
+from decomp.experiments.runinfo import atomic_write_bytes, atomic_write_text, write_sidecar
 
 
 ALIGN = 16  # channels: fp32 lanes of an AVX-512 register

@@ -3,7 +3,7 @@
     python scripts/train_baseline.py --model vgg16 --width 0.25 --epochs 10
     python scripts/train_baseline.py --model vgg16 --width 0.25 --time-steps 100   # time only
 
-Writes ``<out>/<model>_w<width>_e<epochs>_bs<batch>_s<seed>_<data>.pt`` (a :mod:`decomp.train`
+Writes ``<out>/<model>_w<width>_e<epochs>_bs<batch>_s<seed>_<data>.pt`` (a :mod:`decomp.experiments.train`
 checkpoint: model + optimizer state, TrainConfig, ModelConfig, data description) and its JSON
 sidecar, and prints the test accuracy. Rerunning the same command resumes an interrupted run
 or, if it finished, only reports. ``--data`` defaults to the project's JPEG archive
@@ -27,12 +27,12 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from decomp.data import Loader, load_cifar10  # noqa: E402
-from decomp.runinfo import write_sidecar  # noqa: E402
-from decomp.train import (  # noqa: E402
+from decomp.experiments.data import Loader, load_cifar10  # noqa: E402
+from decomp.experiments.runinfo import write_sidecar  # noqa: E402
+from decomp.experiments.train import (  # noqa: E402
     TrainConfig, evaluate, make_optimizer, make_scheduler, train, train_epoch,
 )
-from decomp.zoo import ModelConfig, canonical_name  # noqa: E402
+from decomp.experiments.zoo import ModelConfig, canonical_name  # noqa: E402
 
 SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

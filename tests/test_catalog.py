@@ -1,11 +1,11 @@
-"""decomp.catalog: shapes captured by hooks, rank rules, ids, and the real decompositions."""
+"""decomp.experiments.catalog: shapes captured by hooks, rank rules, ids, and the real decompositions."""
 
 from fractions import Fraction
 
 import pytest
 import torch
 
-from decomp.catalog import (FRACTIONS, Case, Layer, case_by_id, cases, layer_by_id, layers,
+from decomp.experiments.catalog import (FRACTIONS, Case, Layer, case_by_id, cases, layer_by_id, layers,
                             model_layers, representative_cases)
 
 

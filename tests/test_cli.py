@@ -1,7 +1,7 @@
 import argparse
 from dataclasses import dataclass
 
-from decomp.cli import add_config_arguments, config_values
+from decomp.cli._config import add_config_arguments, config_values
 
 
 @dataclass(frozen=True)

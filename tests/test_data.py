@@ -1,4 +1,4 @@
-"""decomp.data: the three sources, the cache, the documented errors, and device augmentation."""
+"""decomp.experiments.data: the three sources, the cache, the documented errors, and device augmentation."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from decomp import data as D
-from decomp.data import (
+from decomp.experiments import data as D
+from decomp.experiments.data import (
     CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, EMBEDDED_SUBSET, CorruptDataError,
     DataNotFoundError, Loader, Split, load_cifar10, normalize, random_crop, random_flip,
 )

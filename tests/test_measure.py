@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from decomp.catalog import cases, representative_cases
+from decomp.experiments.catalog import cases, representative_cases
 from decomp.measure import (Timing, count_macs, count_macs_thop, count_params, time_forward,
                             time_interleaved)
 

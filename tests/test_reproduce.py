@@ -1,18 +1,19 @@
-"""decomp.reproduce: the variant grid, the cached stages, the claim text and the outputs."""
+"""decomp.experiments.reproduce: the variant grid, the cached stages, the claim text and the outputs."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
-import decomp.reproduce as R
-from decomp.data import Split
-from decomp.train import TrainConfig
-from decomp.zoo import alexnet_cifar
+import decomp.experiments.cifar10 as C
+import decomp.experiments.cifar10_outputs as O
+import decomp.experiments.profiles as P
+import decomp.experiments.reproduce as R
+from decomp.experiments.data import Split
+from decomp.experiments.train import TrainConfig
+from decomp.experiments.zoo import alexnet_cifar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,25 +124,16 @@ def test_plot_is_written(tmp_path):
     assert path.stat().st_size > 1000 and [p.name for p in tmp_path.iterdir()] == ["a.png"]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("reproduce_cifar10", REPO / "scripts" / "reproduce_cifar10.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_script_profiles_and_outputs_with_sidecars(tmp_path):
-    s = _script()
-    prof, args = s.parse(["--profile", "cpu", "--epochs", "3", "--out", str(tmp_path)])
+    prof, args = C.parse(["--profile", "cpu", "--epochs", "3", "--out", str(tmp_path)])
     assert prof.epochs == 3 and prof.name == "cpu" and args.cache == Path(".cache/decomp/cifar10/cpu")
-    assert set(s.PROFILES) == {"smoke", "cpu", "gpu"} and s.PROFILES["gpu"].device == "cuda"
+    assert set(P.PROFILES) == {"smoke", "cpu", "cpu_e40", "gpu"} and P.PROFILES["gpu"].device == "cuda"
     df = _fake_summary()
     df["model"] = "m"
     layers = [{"model": "m", "variant": "cp-conv@1-3", "name": "features.3", "layer": "Conv2d",
                "method": "cp", "ranks": 4, "params_before": 10, "params_after": 5, "macs_before": 10,
                "macs_after": 5, "rel_error": 0.1, "skipped": None}]
-    s.write_outputs(df.to_dict("records"), layers, [], replace_models(prof), args,
+    O.write_outputs(df.to_dict("records"), layers, [], replace_models(prof), args,
                     {"dataset": "fake", "sha256": "0" * 64}, {"total": 1.0},
                     [{"model": "m", "variant": "baseline+ft", "top1_base": 0.9, "top1_after": 0.91,
                       "delta_points": 1.0, "finetune_epochs": 2}])
@@ -201,17 +193,16 @@ def test_run_variant_with_nothing_decomposed_skips_recalibration_and_fine_tuning
 
 
 def test_script_overrides_variants_fine_tuning_epochs_and_speed_guard(tmp_path):
-    s = _script()
-    prof, _ = s.parse(["--profile", "cpu", "--variants", "tucker2+svd-all@vbmf,svd-fc@1-3",
+    prof, _ = C.parse(["--profile", "cpu", "--variants", "tucker2+svd-all@vbmf,svd-fc@1-3",
                        "--ft-epochs", "8", "--min-speedup", "1.5"])
     assert prof.variants == ("tucker2+svd-all@vbmf", "svd-fc@1-3")
     assert prof.ft_epochs == 8 and prof.min_speedup == 1.5
-    default, _ = s.parse(["--profile", "cpu"])
-    assert default.variants == () and default.ft_epochs == s.PROFILES["cpu"].ft_epochs
-    assert default.ft_distill == 0 and s.finetune_config(default, 0.04).distill == 0
-    distilled, _ = s.parse(["--profile", "cpu", "--ft-distill", "0.9"])
-    assert s.finetune_config(distilled, 0.04).distill == 0.9
-    assert "distils from the baseline: 0.1 x" in s.distill_text(distilled) and not s.distill_text(default)
+    default, _ = C.parse(["--profile", "cpu"])
+    assert default.variants == () and default.ft_epochs == P.PROFILES["cpu"].ft_epochs
+    assert default.ft_distill == 0 and P.finetune_config(default, 0.04).distill == 0
+    distilled, _ = C.parse(["--profile", "cpu", "--ft-distill", "0.9"])
+    assert P.finetune_config(distilled, 0.04).distill == 0.9
+    assert "distils from the baseline: 0.1 x" in O.distill_text(distilled) and not O.distill_text(default)
 
 
 def test_run_variant_distils_from_the_baseline_into_its_own_cache(tmp_path, monkeypatch):
@@ -239,34 +230,32 @@ def test_run_variant_distils_from_the_baseline_into_its_own_cache(tmp_path, monk
 
 
 def test_control_fine_tunes_the_undecomposed_baseline_alike(tmp_path):
-    s = _script()
     torch.set_num_threads(1)
     base = alexnet_cifar(width=1 / 16).eval()
     before = {k: v.clone() for k, v in base.state_dict().items()}
     data = _tiny_data()
-    prof = replace_models(s.parse(["--profile", "cpu", "--ft-epochs", "1", "--ft-distill", "0.5",
+    prof = replace_models(C.parse(["--profile", "cpu", "--ft-epochs", "1", "--ft-distill", "0.5",
                                    "--ft-control"])[0])
     assert prof.ft_control
     info = {"model": "m", "top1": 0.5, "model_config": {"name": "alexnet"}}
     from dataclasses import replace
     prof = replace(prof, ft_batch_size=32)
-    row = s.finetune_control(base, info, prof, data, data, tmp_path, progress=False)
+    row = C.finetune_control(base, info, prof, data, data, tmp_path, progress=False)
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # a copy was trained
-    assert row["variant"] == "baseline+ft" and row["finetune_epochs"] == 1 and row["finetune_lr"] == s.CONTROL_LR
+    assert row["variant"] == "baseline+ft" and row["finetune_epochs"] == 1 and row["finetune_lr"] == P.CONTROL_LR
     assert row["delta_points"] == pytest.approx(100 * (row["top1_after"] - 0.5)) and not row["cached"]
     key = "ft-e1-n64-bs32-lr0.04"  # no distillation in the control, whatever the variants use
     assert (tmp_path / "baseline+ft" / key / "finetune.pt").is_file()
-    assert s.finetune_control(base, info, prof, data, data, tmp_path, progress=False)["cached"]
-    text = s.control_text([row])
-    assert "m: 50.00% ->" in text and "after 1 epoch(s)" in text and s.control_text([]) == ""
+    assert C.finetune_control(base, info, prof, data, data, tmp_path, progress=False)["cached"]
+    text = O.control_text([row])
+    assert "m: 50.00% ->" in text and "after 1 epoch(s)" in text and O.control_text([]) == ""
 
 
 def test_script_models_override_is_checked():
-    s = _script()
-    prof, _ = s.parse(["--profile", "gpu", "--models", "vgg16_bn:1"])
+    prof, _ = C.parse(["--profile", "gpu", "--models", "vgg16_bn:1"])
     assert prof.models == (("vgg16_bn", 1.0),)
-    assert s.parse(["--profile", "cpu", "--models", "vgg16_bn:0.5,alexnet"])[0].models == (
+    assert C.parse(["--profile", "cpu", "--models", "vgg16_bn:0.5,alexnet"])[0].models == (
         ("vgg16_bn", 0.5), ("alexnet", 1.0))
     for bad in ("resnet:1", "vgg16_bn:wide", "vgg16_bn:0", ","):
         with pytest.raises(SystemExit):
-            s.parse(["--profile", "cpu", "--models", bad])
+            C.parse(["--profile", "cpu", "--models", bad])

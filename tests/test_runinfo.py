@@ -5,7 +5,7 @@ import stat
 import pytest
 import torch
 
-from decomp.runinfo import atomic_torch_save, atomic_write_text, environment_info, write_sidecar
+from decomp.experiments.runinfo import atomic_torch_save, atomic_write_text, environment_info, write_sidecar
 
 
 def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
@@ -51,7 +51,7 @@ def test_environment_info_is_json_serialisable():
 
 def test_git_sha_from_the_environment_wins(monkeypatch):
     """A tree copied to a GPU machine (no .git, or a stale one) records the sha its sender passes."""
-    from decomp import runinfo
+    from decomp.experiments import runinfo
 
     monkeypatch.setenv("DECOMP_GIT_SHA", "abc123")
     info = environment_info()

@@ -1,4 +1,4 @@
-"""decomp.train: the loss goes down, resume is exact, a finished checkpoint is reused."""
+"""decomp.experiments.train: the loss goes down, resume is exact, a finished checkpoint is reused."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from decomp import train as T
-from decomp.data import Loader, Split
-from decomp.train import TrainConfig, evaluate, lr_factor, make_optimizer, train
+from decomp.experiments import train as T
+from decomp.experiments.data import Loader, Split
+from decomp.experiments.train import TrainConfig, evaluate, lr_factor, make_optimizer, train
 
 CONFIG = TrainConfig(epochs=3, batch_size=16, lr=2.0, warmup_frac=0.1, seed=0)
 
@@ -110,8 +110,8 @@ def test_config_validation():
 
 
 def test_recalibrate_batchnorm_matches_the_data_and_restores_modes():
-    from decomp.data import Loader, Split
-    from decomp.train import recalibrate_batchnorm
+    from decomp.experiments.data import Loader, Split
+    from decomp.experiments.train import recalibrate_batchnorm
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
@@ -122,7 +122,7 @@ def test_recalibrate_batchnorm_matches_the_data_and_restores_modes():
     recalibrate_batchnorm(model, split, batches=4, batch_size=16)
     assert model.training and model[1].momentum == momentum
     # the running stats are those of the conv outputs over the 64 normalised images
-    from decomp.data import normalize
+    from decomp.experiments.data import normalize
     with torch.no_grad():
         out = model[0](normalize(images))
     torch.testing.assert_close(model[1].running_mean, out.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)

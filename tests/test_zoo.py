@@ -1,4 +1,4 @@
-"""decomp.zoo: output shapes, stable layer names, torchvision's VGG16 shapes, rebuild from config."""
+"""decomp.experiments.zoo: output shapes, stable layer names, torchvision's VGG16 shapes, rebuild from config."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from decomp.zoo import ModelConfig, alexnet_cifar, build_model, vgg16_bn_cifar
+from decomp.experiments.zoo import ModelConfig, alexnet_cifar, build_model, vgg16_bn_cifar
 
 VGG_CONVS = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from decomp.catalog import cases, representative_cases
+from decomp.experiments.catalog import cases, representative_cases
 
 
 def bench_threads() -> int:

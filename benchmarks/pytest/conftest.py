@@ -1,4 +1,4 @@
-"""pytest-benchmark suite over ``decomp.catalog`` (not part of the unit tests: run it by path).
+"""pytest-benchmark suite over ``decomp.experiments.catalog`` (not part of the unit tests: run it by path).
 
 Environment (the same names as the asv suites):
   DECOMP_BENCH_GRID     representative (default) | full
@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from decomp.runinfo import environment_info
+from decomp.experiments.runinfo import environment_info
 
 from _grid import bench_threads
 

@@ -5,7 +5,7 @@ smoothing and a per-step schedule (linear warmup, then linear decay), with bf16 
 CUDA only. After every epoch it writes a checkpoint atomically (model, optimizer, scheduler,
 epochs done, RNG state, configs, history); called again with the same checkpoint path and
 config it resumes where it stopped, and once training is complete it loads the final weights
-and returns at once. Data order and augmentation come from :class:`decomp.data.Loader`,
+and returns at once. Data order and augmentation come from :class:`decomp.experiments.data.Loader`,
 seeded by ``(config.seed, epoch)``, and dropout from the global RNG saved in the checkpoint,
 so an interrupted and resumed run ends with the same weights as an uninterrupted one.
 
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from decomp.data import Loader, Split
-from decomp.runinfo import atomic_torch_save
+from decomp.experiments.data import Loader, Split
+from decomp.experiments.runinfo import atomic_torch_save
 
 __all__ = [
     "recalibrate_batchnorm",
@@ -293,13 +293,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise ValueError(f"Checkpoint {str(path)!r} cannot be read ({e!r}); delete it to start over") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != _CHECKPOINT_FORMAT:
-        raise ValueError(f"Checkpoint {str(path)!r} is not a decomp.train checkpoint (format {_CHECKPOINT_FORMAT})")
+        raise ValueError(f"Checkpoint {str(path)!r} is not a decomp.experiments.train checkpoint (format {_CHECKPOINT_FORMAT})")
     return ckpt
 
 
 def load_trained_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """(model rebuilt from the checkpoint's ``model_config`` with its weights, checkpoint dict)."""
-    from decomp.zoo import ModelConfig  # zoo is only needed to rebuild
+    from decomp.experiments.zoo import ModelConfig  # zoo is only needed to rebuild
 
     ckpt = load_checkpoint(path)
     if ckpt.get("model_config") is None:
@@ -377,7 +377,7 @@ def train(
     ``checkpoint``: file written atomically after every epoch. If it exists, its ``config``
     and ``model_config`` must equal the requested ones (else ``ValueError`` listing the
     differences); a complete one is loaded and returned with ``skipped=True``, an incomplete
-    one is resumed. ``model_config`` (a :class:`decomp.zoo.ModelConfig` or dict) and ``meta``
+    one is resumed. ``model_config`` (a :class:`decomp.experiments.zoo.ModelConfig` or dict) and ``meta``
     (e.g. the data description) are stored in it; ``meta`` is not compared.
     ``test_data``: evaluated after the last epoch (``result.test``).
     ``stop_after_epoch``: return once this many epochs are done (for time-boxed runs).

@@ -9,7 +9,7 @@ Three sources, one result (:class:`CIFAR10Data`: ``train`` and ``test`` :class:`
   ``.tar.gz`` read member by member (no extraction); the folder above ``train``/``test`` may
   have any name, e.g. ``cifar10-jpeg/`` in the project's JPEG copy;
 * ``embedded`` -- a balanced 500 + 100 images per class subset shipped in
-  ``decomp/assets/cifar10_subset.tar.gz`` (an ``imagefolder`` archive, see its README); the
+  ``decomp/experiments/assets/cifar10_subset.tar.gz`` (an ``imagefolder`` archive, see its README); the
   default when no path is given, so a smoke run needs no data.
 
 Decoded tensors are cached in ``<cache_dir>/cifar10-<key>.pt`` (default ``.cache/decomp/``
@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from decomp.runinfo import atomic_torch_save
+from decomp.experiments.runinfo import atomic_torch_save
 
 __all__ = [
     "CIFAR10_CLASSES",

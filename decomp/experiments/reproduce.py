@@ -7,7 +7,7 @@ The pieces of ``scripts/reproduce_cifar10.py``, kept apart so tests can run them
 * :func:`run_variant` -- one variant through three cached stages, each written atomically
   under its own folder and skipped when its file is there: ``decomposed.pt`` + ``decomposed.json``
   (weights, report records, top-1 before fine-tuning), then, in a subfolder per fine-tuning
-  setting (:func:`finetune_key`), ``finetune.pt`` (a :func:`decomp.train.train` checkpoint,
+  setting (:func:`finetune_key`), ``finetune.pt`` (a :func:`decomp.experiments.train.train` checkpoint,
   resumable) and ``result.json`` (the summary row, timings included);
 * :func:`measure_speedup` -- the original and the decomposed model timed interleaved on the CPU
   (thread CPU clock, 1 thread) and, when present, on CUDA;
@@ -32,11 +32,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from decomp.data import Split
+from decomp.experiments.data import Split
 from decomp.measure import count_macs, count_params, time_interleaved
 from decomp.model import build_decomposed, decompose
-from decomp.runinfo import atomic_torch_save, atomic_write_text
-from decomp.train import TrainConfig, evaluate, recalibrate_batchnorm, train
+from decomp.experiments.runinfo import atomic_torch_save, atomic_write_text
+from decomp.experiments.train import TrainConfig, evaluate, recalibrate_batchnorm, train
 
 __all__ = [
     "FAMILIES", "FINETUNE_LR", "Variant", "variant_table", "rank_label", "leave_out",
@@ -51,7 +51,7 @@ FAMILIES: dict[str, dict[str, str]] = {
     "tucker2-conv": {"conv": "tucker2"},                       # Kim et al. 2015
     "tucker2+svd-all": {"conv": "tucker2", "linear": "svd"},   # Kim et al. 2015, whole network
 }
-# Peak fine-tuning lr per 512 images (decomp.train's convention), per family: 1/10 of the
+# Peak fine-tuning lr per 512 images (decomp.experiments.train's convention), per family: 1/10 of the
 # baseline's 0.4. The origin used ~1e-6 for CP on a plain-SGD VGG16 without BN and 1e-3 for
 # Tucker-2; these nets have BN, which tolerates far larger steps (a first CPU run at 0.01 / 0.002
 # for 1 epoch on 10,000 images recovered only part of the accuracy lost). CP gets a 4x smaller
@@ -191,7 +191,7 @@ def _layer_ranks(records: list[dict]) -> str:
 
 def finetune_key(config: TrainConfig, images: int) -> str:
     """Folder name of a fine-tuning setting, e.g. ``"ft-e2-n50000-bs256-lr0.04"``; the full
-    TrainConfig is checked against the checkpoint by :func:`decomp.train.train`."""
+    TrainConfig is checked against the checkpoint by :func:`decomp.experiments.train.train`."""
     key = f"ft-e{config.epochs}-n{images}-bs{config.batch_size}-lr{config.lr:g}"
     if config.distill:  # distilled from the baseline: other weights
         key += f"-kd{config.distill:g}-T{config.distill_temperature:g}"
@@ -209,7 +209,7 @@ def run_variant(
     ``base_info``: the baseline's ``top1``, ``params`` and ``macs`` (for the row's ratios) and
     anything else to copy into the row (``model``, ``width`` ...). ``bn_batches``: batches of
     ``train_data`` on which batch-norm statistics are re-estimated right after decomposing
-    (:func:`decomp.train.recalibrate_batchnorm`; 0: none); ``top1_before`` is then measured
+    (:func:`decomp.experiments.train.recalibrate_batchnorm`; 0: none); ``top1_before`` is then measured
     after it and ``top1_before_raw`` before. ``min_speedup``: passed to :func:`decompose`
     (layers whose decomposition is measured less than this much faster at batch 1 are kept).
     ``timing``: keyword arguments
@@ -257,7 +257,7 @@ def run_variant(
     stages["decompose_s"] = time.perf_counter() - start
     stages["records"] = dec["records"]
 
-    # (2) fine-tuning (decomp.train: resumable, skipped when complete)
+    # (2) fine-tuning (decomp.experiments.train: resumable, skipped when complete)
     start = time.perf_counter()
     decomposed_any = any(r.get("skipped") is None for r in dec["records"])
     if decomposed_any:

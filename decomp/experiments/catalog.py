@@ -157,9 +157,9 @@ class Case:
             return self.layer.build(seed, device=device)
         if not fit:
             return self._assemble(seed, device)
-        from .cp import cp_conv2d
-        from .svd import svd_conv1x1, svd_linear
-        from .tucker import tucker2_conv2d
+        from decomp.cp import cp_conv2d
+        from decomp.svd import svd_conv1x1, svd_linear
+        from decomp.tucker import tucker2_conv2d
 
         layer = self.layer.build(seed, device=device)
         with torch.no_grad():
@@ -174,7 +174,7 @@ class Case:
         return out.eval()
 
     def _assemble(self, seed: int, device) -> nn.Module:
-        from .layers import cp_layers, svd_conv1x1_layers, svd_linear_layers, tucker2_layers
+        from decomp.layers import cp_layers, svd_conv1x1_layers, svd_linear_layers, tucker2_layers
 
         layer = self.layer.build(seed, device="meta")  # geometry only
         builders = {"tucker2": lambda: tucker2_layers(layer, self.ranks, device=device),
@@ -268,7 +268,7 @@ def layer_by_id(layer_id: str) -> Layer:
         if layer.id == layer_id:
             return layer
     raise ValueError(f"no layer {layer_id!r} in the catalogue; known ids look like "
-                     f"'vgg16.features.28' (see decomp.catalog.layers())")
+                     f"'vgg16.features.28' (see decomp.experiments.catalog.layers())")
 
 
 def case_by_id(case_id: str) -> Case:

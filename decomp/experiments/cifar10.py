@@ -1,0 +1,265 @@
+"""Reproduce the x2-x4 speedup / accuracy claims on CIFAR-10: train, decompose, fine-tune, time.
+
+    decomp reproduce --profile smoke   # ~1-2 min, no data needed
+    decomp reproduce --profile cpu     # full CIFAR-10, ~50 min
+    decomp reproduce --profile gpu     # full widths, one H100
+
+Stages, each cached under ``--cache`` and skipped on a re-run (files written atomically):
+(1) data (decoded once into ``--data-cache``), (2) baseline training per model
+(``decomp.experiments.train`` checkpoint, resumable), (3) per model and variant (``decomp.experiments.reproduce``):
+decomposition + top-1 before fine-tuning, fine-tuning + top-1 after, CPU (and GPU) timing
+against the baseline interleaved in the same run. Then ``--out`` gets ``summary.{csv,md}``,
+``layers.{csv,md}``, ``accuracy_vs_speedup.png`` and ``README.md``, each with a JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from decomp.experiments.cifar10_outputs import write_outputs
+from decomp.experiments.data import load_cifar10
+from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
+from decomp.experiments.reproduce import finetune_key, run_variant, subset, variant_table
+from decomp.experiments.train import TrainConfig, train
+from decomp.experiments.zoo import ModelConfig
+from decomp.measure import count_macs, count_params
+
+__all__ = ["SHARED_JPEG", "parse", "main", "train_baseline", "finetune_control", "select_variants", "data_key", "data_path", "parse_models"]
+
+# The project's copy of CIFAR-10 beside a source checkout (../shared/data next to the repository).
+SHARED_JPEG = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def parse_models(text: str) -> tuple:
+    """``"vgg16_bn:1,alexnet:0.5"`` -> ``(("vgg16_bn", 1.0), ("alexnet", 0.5))``."""
+    from decomp.experiments.zoo import MODELS  # noqa: PLC0415
+
+    models = []
+    for item in filter(None, text.split(",")):
+        name, _, width = item.partition(":")
+        if name not in MODELS:
+            raise argparse.ArgumentTypeError(f"model {name!r} is not one of {sorted(MODELS)}")
+        try:
+            value = float(width or 1.0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"width {width!r} of {name} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"width of {name} must be > 0; got {value:g}")
+        models.append((name, value))
+    if not models:
+        raise argparse.ArgumentTypeError("name at least one model, e.g. vgg16_bn:0.5")
+    return tuple(models)
+
+
+def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
+    p.add_argument("--data", default=None, help="CIFAR-10 path (default: the shared JPEG archive "
+                   "for cpu/gpu, the embedded subset for smoke)")
+    p.add_argument("--out", type=Path, default=None, help="default results/cifar10/<profile>")
+    p.add_argument("--cache", type=Path, default=None, help="default .cache/decomp/cifar10/<profile>; runs are kept in a data-<sha> subfolder per data set")
+    p.add_argument("--data-cache", type=Path, default=Path(".cache/decomp"),
+                   help="decoded CIFAR-10 tensors (shared by profiles)")
+    p.add_argument("--epochs", type=int, help="override the profile's baseline epochs")
+    p.add_argument("--budget-s", type=float, help="override the profile's time budget (s)")
+    p.add_argument("--device", help="override the profile's device")
+    p.add_argument("--min-speedup", type=float, help="override the profile's per-layer speed guard "
+                   "(decompose only layers measured at least this much faster at batch 1)")
+    p.add_argument("--ft-epochs", type=int, help="override the profile's fine-tuning epochs per variant")
+    p.add_argument("--models", type=parse_models, metavar="NAME:WIDTH,...",
+                   help="override the profile's models, e.g. vgg16_bn:1 or vgg16_bn:0.5,alexnet:0.5")
+    p.add_argument("--ft-distill", type=float, metavar="ALPHA",
+                   help="fine-tune with knowledge distillation from the baseline: loss = (1 - ALPHA) * "
+                        "cross-entropy + ALPHA * T^2 * KL at temperature 4 (decomp.experiments.train.DistillLoss)")
+    p.add_argument("--ft-control", action="store_true", default=None,
+                   help="control: also fine-tune each undecomposed baseline with the same settings "
+                        "(no distillation), so the gain from the extra epochs alone is measured")
+    p.add_argument("--variants", type=lambda v: tuple(x for x in v.split(",") if x),
+                   help="run only these variants of the grid, comma-separated names as in summary.csv "
+                        "(e.g. tucker2+svd-all@vbmf)")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="train (or resume) the profile's baselines, then stop: start the long part "
+                        "in the background, run the variants later from the cache")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    a.prog = prog
+    prof = PROFILES[a.profile]
+    over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
+                              ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs), ("ft_distill", a.ft_distill),
+                              ("ft_control", a.ft_control), ("models", a.models),
+                              ("variants", a.variants)) if v is not None}
+    prof = replace(prof, **over)
+    a.out = a.out or Path("results/cifar10") / prof.name
+    a.cache = a.cache or Path(".cache/decomp/cifar10") / prof.name
+    return prof, a
+
+
+def data_path(prof: Profile, data: str | None) -> str | None:
+    if data is not None:
+        return None if data == "embedded" else data
+    if prof.embedded:
+        return None
+    if SHARED_JPEG.is_file():
+        return str(SHARED_JPEG)
+    raise SystemExit(
+        f"--profile {prof.name} needs full CIFAR-10 and {SHARED_JPEG} is not there. Pass --data PATH: "
+        "a folder with cifar-10-batches-py (python -c \"import torchvision; "
+        "torchvision.datasets.CIFAR10('data', download=True)\" then --data data), or a folder / "
+        ".tar.gz with train/<class>/*.jpg and test/<class>/*.jpg.")
+
+
+def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress: bool) -> tuple:
+    tcfg = TrainConfig(epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr, seed=prof.seed,
+                       channels_last=prof.channels_last, amp_cpu=prof.amp_cpu)
+    torch.manual_seed(prof.seed)  # model init
+    model = mcfg.build()
+    res = train(model, data.train, tcfg, checkpoint=cache / f"{mcfg.name}_w{mcfg.width:g}" / "baseline.pt",
+                test_data=data.test, device=prof.device, model_config=mcfg,
+                meta={"data": data.description}, progress=progress)
+    return model.eval(), res, tcfg
+
+
+def finetune_control(base, base_info: dict, prof: Profile, ft_train, test, cache: Path, progress: bool) -> dict:
+    """Fine-tune a copy of the undecomposed baseline exactly as the variants are (lr of the
+    Tucker-2/SVD families, no distillation): how much of a variant's recovery is extra training.
+    Cached and resumable like every fine-tuning."""
+    config = finetune_config(replace(prof, ft_distill=0.0), CONTROL_LR)
+    model = copy.deepcopy(base)
+    checkpoint = cache / "baseline+ft" / finetune_key(config, len(ft_train)) / "finetune.pt"
+    res = train(model, ft_train, config, checkpoint=checkpoint, test_data=test, device=prof.device,
+                model_config={"base": base_info["model_config"], "variant": "baseline+ft"}, progress=progress)
+    top1 = res.test["accuracy"]
+    return {"model": base_info["model"], "variant": "baseline+ft", "top1_base": base_info["top1"],
+            "top1_after": top1, "delta_points": 100 * (top1 - base_info["top1"]),
+            "finetune_epochs": config.epochs, "finetune_images": len(ft_train), "finetune_lr": config.lr,
+            "finetune_s": sum(h["seconds"] for h in res.history), "cached": res.skipped}
+
+
+def select_variants(prof: Profile) -> list:
+    """The profile's grid (``decomp.experiments.reproduce.variant_table``), narrowed to ``prof.variants``."""
+    table = variant_table(prof.fractions, vbmf=prof.vbmf, cp_vbmf=prof.cp_vbmf)
+    if prof.variants:
+        unknown = sorted(set(prof.variants) - {v.name for v in table})
+        if unknown:
+            raise SystemExit(f"--variants {','.join(prof.variants)}: {unknown} not in the grid of profile "
+                             f"{prof.name!r}; choose from {[v.name for v in table]}")
+        table = [v for v in table if v.name in prof.variants]
+    return table
+
+
+def data_key(description: dict) -> str:
+    """Short identity of a data set: its archive's sha256, else its path and counts."""
+    if description.get("sha256"):
+        return description["sha256"][:12]
+    basis = f"{description.get('path')}|{description.get('train_count')}|{description.get('test_count')}"
+    return hashlib.sha256(basis.encode()).hexdigest()[:12]
+
+
+def main(argv=None, prog: str | None = None) -> None:
+    """Run the reproduction; ``prog`` names the command in sidecars and the run's README."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a shared CPU
+    prof, args = parse(argv, prog)
+    t0 = time.perf_counter()
+    progress = not args.no_progress
+    stage_s: dict = {}
+    log = lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")  # noqa: E731
+
+    grid = select_variants(prof)  # a bad --variants fails now, not after training
+    # (1) data
+    start = time.perf_counter()
+    data = load_cifar10(data_path(prof, args.data), cache_dir=args.data_cache)
+    test = subset(data.test, prof.test_images, prof.seed)
+    data = type(data)(data.train, test, data.description)
+    ft_train = subset(data.train, prof.ft_images, prof.seed)
+    stage_s["data"] = time.perf_counter() - start
+    log(f"data: {data.description['dataset']}, {len(data.train)} train / {len(test)} test")
+    # Checkpoints are only valid for the data they were trained on: key the run cache by it.
+    args.cache = args.cache / f"data-{data_key(data.description)}"
+
+    # (2) baselines, then (3) the variants: the origin's heuristic and VBMF of every model before
+    # the aggressive fractions of any, so a time-boxed run with several models drops those first.
+    models, plan, controls = [], [], []
+    for model_name, width in prof.models:
+        mcfg = ModelConfig(name=model_name, width=width)
+        tag = f"{mcfg.name}_w{width:g}"
+        start = time.perf_counter()
+        base, res, tcfg = train_baseline(mcfg, prof, data, args.cache, progress)
+        stage_s[f"{tag}/baseline"] = {"seconds": time.perf_counter() - start, "cached": res.skipped,
+                                      "train_s": sum(h["seconds"] for h in res.history)}
+        base_info = {"model": tag, "top1": res.test["accuracy"], "params": count_params(base),
+                     "macs": count_macs(base, (1, 3, 32, 32)), "model_config": mcfg.to_dict()}
+        log(f"{tag} baseline top-1 {100 * res.test['accuracy']:.2f}%"
+            + (" (cached)" if res.skipped else f" ({res.elapsed_s:.0f} s)"))
+        models.append((tag, base, base_info))
+        if args.baseline_only:
+            continue
+        if prof.ft_control:
+            start = time.perf_counter()
+            controls.append(finetune_control(base, base_info, prof, ft_train, test, args.cache / tag, progress))
+            stage_s[f"{tag}/control"] = {"seconds": time.perf_counter() - start, "cached": controls[-1]["cached"],
+                                         "finetune_s": controls[-1]["finetune_s"]}
+            log(f"{tag} control, baseline fine-tuned alike: top-1 {100 * controls[-1]['top1_after']:.2f}% "
+                f"({controls[-1]['delta_points']:+.2f} points)")
+        plan += [(tag, v) for v in grid]
+    if args.baseline_only:
+        log(f"baselines in {args.cache}; stopping (--baseline-only)")
+        return
+    core = lambda v: v.rank == "vbmf" or v.rank == prof.fractions[0]  # noqa: E731
+    plan = [p for p in plan if core(p[1])] + [p for p in plan if not core(p[1])]
+
+    timing = {"cpu_batches": prof.cpu_batches, "gpu_batches": prof.gpu_batches,
+              "min_run_time": prof.min_run_s, "rounds": prof.rounds}
+    done_rows: dict = {}  # (tag, variant name) -> (row, layer rows)
+    skipped = []
+    by_tag = {tag: (base, info) for tag, base, info in models}
+    for tag, v in tqdm(plan, desc="variants", disable=not progress):
+        base, base_info = by_tag[tag]
+        done = (args.cache / tag / v.name / "result.json").is_file()
+        if prof.budget_s and time.perf_counter() - t0 > prof.budget_s and not done:
+            skipped.append(f"{tag} {v.name}")
+            continue
+        row, st = run_variant(base, v, train_data=ft_train, test_data=test,
+                              cache=args.cache / tag, finetune=finetune_config(prof, v.lr),
+                              bn_batches=prof.bn_batches, min_speedup=prof.min_speedup,
+                              device=prof.device, timing=timing, base_info=base_info,
+                              progress=progress)
+        row["baseline_epochs"], row["baseline_lr"] = prof.epochs, prof.lr
+        layers = [{"model": tag, "variant": v.name, **{k: r[k] for k in (
+            "name", "layer", "method", "ranks", "params_before", "params_after",
+            "macs_before", "macs_after", "rel_error", "skipped")},
+            "measured_speedup": (r.get("info") or {}).get("measured_speedup")} for r in st["records"]]
+        done_rows[tag, v.name] = (row, layers)
+        stage_s[f"{tag}/{v.name}"] = {**{k: st[k] for k in st if k.endswith("_s") or k.endswith("cached")},
+                                      **{k: row[k] for k in ("decompose_s", "finetune_s", "timing_s")}}
+        log(f"{tag} {v.name}: top-1 {100 * row['top1_before_raw']:.2f}% (BN recal. {100 * row['top1_before']:.2f}%) -> {100 * row['top1_after']:.2f}%, "
+            f"MACs x{row['macs_x']:.2f}, CPU b1 x{row['cpu_b1_speedup']:.2f}"
+            + (f", GPU b1 x{row['gpu_b1_speedup']:.2f}" if "gpu_b1_speedup" in row else "")
+            + (" (cached)" if st["cached"] else ""))
+
+    # Tables grouped by model, each model's baseline first, variants in the grid's order.
+    rows, layer_rows = [], []
+    for tag, base, info in models:
+        rows.append({"model": tag, "variant": "baseline", "family": "baseline", "ranks": "",
+                     "layer_ranks": "", "top1_base": info["top1"], "top1_before_raw": info["top1"],
+                     "top1_before": info["top1"], "top1_after": info["top1"], "delta_points": 0.0,
+                     "params": info["params"], "params_x": 1.0, "macs": info["macs"], "macs_x": 1.0,
+                     "finetune_lr": None, "baseline_epochs": prof.epochs, "baseline_lr": prof.lr})
+        for v in grid:
+            if (tag, v.name) in done_rows:
+                row, layers = done_rows[tag, v.name]
+                rows.append(row)
+                layer_rows += layers
+    stage_s["total"] = time.perf_counter() - t0
+    write_outputs(rows, layer_rows, skipped, prof, args, data.description, stage_s, controls, argv)
+    log(f"wrote {args.out}")
+
+

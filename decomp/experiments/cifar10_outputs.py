@@ -1,0 +1,225 @@
+"""Outputs of a CIFAR-10 reproduction run: summary and layer tables, plots, control, README.
+
+Every file is written atomically with a JSON sidecar (:func:`decomp.experiments.runinfo.write_sidecar`).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile
+from decomp.experiments.reproduce import best_speedups, claims_markdown, plot_accuracy_vs_speedup, plot_layer_speedups
+from decomp.experiments.runinfo import atomic_write_text, write_sidecar
+from decomp.experiments.train import TrainConfig
+
+__all__ = ["write_outputs", "readme", "summary_columns", "compute_seconds", "control_text"]
+
+
+def _markdown_table(df, columns: dict) -> str:
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    for _, r in df.iterrows():
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            if v is None or (isinstance(v, float) and v != v):
+                cells.append("")
+            elif c in ("top1_base", "top1_before_raw", "top1_before", "top1_after"):
+                cells.append(f"{100 * v:.2f}")
+            elif c == "delta_points":
+                cells.append(f"{v:+.2f}")
+            elif c.endswith("_x") or c.endswith("_speedup"):
+                cells.append(f"x{v:.2f}")
+            elif c == "finetune_lr":
+                cells.append(f"{v:g}")
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_columns(df) -> dict:
+    cols = {"model": "model", "variant": "variant", "ranks": "ranks",
+            "top1_before_raw": "top-1 decomposed (%)", "top1_before": "top-1 after BN recal. (%)",
+            "top1_after": "top-1 after FT (%)", "delta_points": "Δ (points)", "params_x": "params ×",
+            "macs_x": "MACs ×"}
+    for c in df.columns:
+        if c.endswith("_speedup"):
+            dev, b = c.split("_")[0], c.split("_b")[1].split("_")[0]
+            cols[c] = f"{dev.upper()} b{b} speedup"
+    cols["finetune_lr"] = "FT lr"
+    return cols
+
+
+def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s, controls=(), argv=None) -> None:
+    import pandas as pd
+
+    out: Path = args.out
+    df = pd.DataFrame(rows)
+    extra = {"profile": asdict(prof), "seed": prof.seed, "torch_threads_train": torch.get_num_threads(),
+             "timing": {"cpu": "1 thread, thread CPU clock, interleaved with the baseline",
+                        "gpu": "wall clock, synchronised" if torch.cuda.is_available() else None},
+             "data": {k: data_desc.get(k) for k in ("dataset", "source_kind", "path", "sha256",
+                                                    "train_count", "test_count")},
+             "stage_seconds": stage_s, "skipped_for_budget": skipped}
+    command = command_line(args.prog, argv)
+
+    def save_text(name: str, text: str) -> None:
+        atomic_write_text(out / name, text)
+        write_sidecar(out / name, command=command, extra=extra)
+
+    save_text("summary.csv", df.to_csv(index=False))
+    cols = summary_columns(df)
+    ldf = pd.DataFrame(layer_rows)
+    save_text("layers.csv", ldf.to_csv(index=False))
+    save_text("summary.md", f"# CIFAR-10 reproduction, profile `{prof.name}`\n\n"
+              + _markdown_table(df, cols))
+    lcols = {c: c for c in ("model", "variant", "name", "layer", "method", "ranks", "params_before",
+                            "params_after", "macs_before", "macs_after", "rel_error",
+                            "measured_speedup", "skipped")}
+    ldf_md = ldf.copy()
+    if not ldf_md.empty:
+        ldf_md["rel_error"] = ldf_md["rel_error"].map(lambda x: "" if x != x or x is None else f"{x:.3f}")
+    if "measured_speedup" not in ldf_md or ldf_md["measured_speedup"].isna().all():
+        del lcols["measured_speedup"]  # no speed guard in this profile: nothing was timed
+    save_text("layers.md", "# Per-layer decompositions\n\n" + _markdown_table(ldf_md, lcols))
+    if len(df) > len(prof.models):
+        plot_accuracy_vs_speedup(df, out / "accuracy_vs_speedup.png")
+        write_sidecar(out / "accuracy_vs_speedup.png", command=command, extra=extra)
+    if plot_layer_speedups(ldf, out / "layer_speedups.png", prof.min_speedup) is not None:
+        write_sidecar(out / "layer_speedups.png", command=command, extra=extra)
+    if controls:
+        save_text("control.csv", pd.DataFrame(controls).to_csv(index=False))
+    save_text("README.md", readme(df, prof, command, data_desc, stage_s, skipped, controls))
+
+
+def distill_text(prof: Profile) -> str:
+    if not prof.ft_distill:
+        return ""
+    return (f"; the loss distils from the baseline: {1 - prof.ft_distill:g} x label-smoothed "
+            f"cross-entropy + {prof.ft_distill:g} x T^2 x KL(baseline || variant) at T = {TrainConfig().distill_temperature:g} "
+            "(`decomp.experiments.train.DistillLoss`)")
+
+
+def control_text(controls) -> str:
+    """The control's paragraph: what the same fine-tuning does to the undecomposed baseline."""
+    if not controls:
+        return ""
+    lines = ["- Control (`control.csv`): each undecomposed baseline fine-tuned exactly like the variants "
+             f"(lr {CONTROL_LR:g}, no distillation). Part of a variant's recovery is this extra "
+             "training; its Δ against the control is the cost of the decomposition itself:"]
+    for c in controls:
+        lines.append(f"  - {c['model']}: {100 * c['top1_base']:.2f}% -> {100 * c['top1_after']:.2f}% "
+                     f"({c['delta_points']:+.2f} points) after {c['finetune_epochs']} epoch(s)")
+    return "\n".join(lines) + "\n"
+
+
+def compute_seconds(stage_s: dict) -> float:
+    """Seconds the stages took when they were computed (baseline training + every variant's stages)."""
+    total = stage_s.get("data", 0.0)
+    for v in stage_s.values():
+        if isinstance(v, dict):
+            total += v.get("train_s", 0.0) + sum(v.get(k, 0.0) for k in ("decompose_s", "finetune_s", "timing_s"))
+    return total
+
+
+def _as_typed(cmd: str) -> str:
+    """The command with the venv's interpreter (scripts) or the venv's ``decomp`` (console command)."""
+    if cmd.startswith("python "):
+        return "PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE .venv/bin/python " + cmd.removeprefix("python ")
+    return "OMP_WAIT_POLICY=PASSIVE .venv/bin/" + cmd
+
+
+def command_line(prog: str | None, argv) -> str | None:
+    """The command as a user would type it again, or None when called from Python with no ``prog``."""
+    if prog is None:
+        return None
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join([prog, *args])
+
+
+def readme(df, prof: Profile, command: str | None, data_desc: dict, stage_s: dict, skipped: list,
+           controls=()) -> str:
+    cmd = command or f"python scripts/reproduce_cifar10.py --profile {prof.name}"
+    layer_plot_row = guard_doc = overrides_doc = ""
+    defined = PROFILES.get(prof.name)
+    if defined is not None and defined != prof:
+        changed = ", ".join(f"`{f.name}={getattr(prof, f.name)!r}`" for f in fields(prof)
+                            if getattr(prof, f.name) != getattr(defined, f.name))
+        overrides_doc = (f"This run overrides the `{prof.name}` profile: {changed}. The profile's own "
+                         "note follows.\n")
+    if prof.min_speedup is not None:
+        layer_plot_row = ("| `layer_speedups.png` | measured batch-1 speedup of each layer's "
+                          "decomposition, per variant |\n")
+        guard_doc = (
+            f"- Speed guard (`decompose(..., min_speedup={prof.min_speedup:g})`): each planned layer is\n"
+            "  timed against the original at its batch-1 input (CPU, 1 thread, thread CPU clock, random\n"
+            f"  weights) before any factor is computed, and kept as it was unless it runs at least\n"
+            f"  x{prof.min_speedup:g} faster (`measured_speedup` in `layers.md`, `layer_speedups.png`).\n")
+    best = []
+    for drop in (1.0, 3.0):
+        for col in [c for c in df.columns if c.endswith("_speedup")]:
+            b = best_speedups(df, drop, col)
+            for _, r in b.iterrows():
+                best.append(f"- {r['model']}, ≤ {drop:g} point(s) top-1 lost, {col}: "
+                            f"**x{r[col]:.2f}** ({r['variant']}, Δ {r['delta_points']:+.2f})")
+    fields_doc = "\n".join(f"| `{f.name}` | {getattr(prof, f.name)!r} |" for f in fields(prof))
+    return f"""# CIFAR-10 reproduction of the speedup/accuracy claims (profile `{prof.name}`)
+
+Written by `scripts/reproduce_cifar10.py`. The command:
+
+```sh
+{_as_typed(cmd)}
+```
+
+Data: {data_desc.get('dataset')} (`{data_desc.get('source_kind')}`, sha256 `{data_desc.get('sha256')}`),
+{data_desc.get('train_count')} training / {data_desc.get('test_count')} test images
+(top-1 on {prof.test_images or data_desc.get('test_count')} test images).
+Wall time of this run: {stage_s.get('total', 0):.0f} s; compute time of all stages, including those
+read from the cache of an earlier run: {compute_seconds(stage_s):.0f} s (per stage in the sidecars).
+{overrides_doc}{prof.note}
+
+| file | what |
+| --- | --- |
+| `summary.csv`, `summary.md` | one row per model and variant: ranks, top-1 before/after fine-tuning, Δ, params ×, MACs ×, measured speedups, fine-tuning lr |
+| `layers.csv`, `layers.md` | every Conv2d/Linear of every variant: method, ranks, params, MACs, relative error, why skipped |
+| `accuracy_vs_speedup.png` | top-1 after fine-tuning against measured speedup, the claim's x2-x4 band shaded |
+{layer_plot_row}| `*.json` | sidecar of each file: command, git sha, versions, hardware, threads, seed, data sha256, seconds per stage |
+
+## How it was made
+
+Profile settings:
+
+| field | value |
+| --- | --- |
+{fields_doc}
+
+- Baseline: `decomp.experiments.train` (SGD + Nesterov, label smoothing 0.1, linear warmup/decay, random crop + flip),
+  {prof.epochs} epochs, batch {prof.batch_size}, peak lr {prof.lr:g} per 512 images.
+- Variants: each family at the origin's heuristic rank (first fraction, R = S/3, T/3 for
+  Tucker-2; R = T/3 for CP; min(m, n)/3 for SVD), VBMF ranks where listed, and more aggressive
+  fractions. The first conv (3 input channels) and the last Linear (10 outputs) are never
+  decomposed. A layer whose decomposition would not cut both its MACs and its params is left
+  as it is (`layers.md` says why).
+{guard_doc}- Batch-norm recalibration: right after decomposing, the batch-norm statistics are
+  re-estimated on {prof.bn_batches} shuffled, unaugmented batches of {prof.ft_batch_size} training images
+  (`decomp.experiments.train.recalibrate_batchnorm`); "top-1 decomposed" is before it, "after BN recal." after it.
+- Fine-tuning: {prof.ft_epochs} epoch(s) on {prof.ft_images or 'all'} training images (seeded subset),
+  batch {prof.ft_batch_size}, 10% warmup then linear decay, lr per family in the table (BN nets
+  take far larger steps than the origin's ~1e-6 for CP on a plain VGG16){distill_text(prof)}.
+- Speed: the baseline and each variant timed interleaved in the same run
+  (`decomp.measure.time_interleaved`, eval, `inference_mode`, fp32, NCHW); CPU at 1 thread with the
+  thread CPU clock (the machine is shared), batches {prof.cpu_batches}; GPU (when present) wall clock
+  with synchronisation, batches {prof.gpu_batches}. Speedup = baseline median / variant median.
+""" + (f"- Not run for the time budget ({prof.budget_s:g} s): {', '.join(skipped)}.\n" if skipped else "") + control_text(controls) + f"""
+## Best measured speedups
+
+{chr(10).join(best) if best else '- no variant within 3 points.'}
+
+## The origin's claims against these measurements
+
+{claims_markdown(df)}
+"""
