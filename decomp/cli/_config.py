@@ -32,3 +32,11 @@ def config_values(namespace: argparse.Namespace, config_cls: type) -> dict[str, 
     """The parsed values of ``config_cls``'s fields, lists turned back into tuples."""
     values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors are one line: ``PROG: error: argument --x: ...``,
+    exit code 2, without the usage block (``--help`` has it). Subparsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
