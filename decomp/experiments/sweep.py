@@ -73,7 +73,7 @@ def parse_args(argv=None, prog: str | None = None) -> Config:
     unknown = [m for m in values["models"] if m not in MODELS]
     if unknown or not values["models"]:
         p.error(f"argument --models: {' '.join(unknown) or '(none)'}: allowed: one or more of {' '.join(MODELS)}")
-    known_ids = {layer.id for m in values["models"] for layer in model_layers(m)}
+    known_ids = {layer.id for m in values["models"] for layer in model_layers(m)} if values["layers"] else set()
     missing = [i for i in values["layers"] if i not in known_ids]
     if missing:
         p.error(f"argument --layers: {' '.join(missing)} not among the layers of --models "
