@@ -7,9 +7,12 @@ Layer decompositions (each returns an ``nn.Sequential`` of stock PyTorch layers)
 - :func:`tucker2_conv2d`: Tucker-2, 1x1 -> kxk core -> 1x1 (Kim et al. 2015)
 
 Rank selection: :func:`evbmf` (Nakajima et al. 2013) and the policies of :mod:`decomp.rank`.
-Whole models: :func:`decompose` and :func:`build_decomposed`.
+Whole models: :func:`decompose` and :func:`build_decomposed`; with ``calibration=`` data the
+factors are fitted to each layer's responses (:mod:`decomp.calibration`), with
+``budget=MACs(x)`` or ``Latency(x)`` the ranks of all layers are chosen together (:mod:`decomp.budget`).
 """
 
+from .budget import MACs, Latency
 from .cp import cp_conv2d
 from .measure import count_macs, count_params
 from .model import build_decomposed, decompose
@@ -30,6 +33,8 @@ __all__ = [
     "VBMFResult",
     "decompose",
     "build_decomposed",
+    "MACs",
+    "Latency",
     "Fraction",
     "Energy",
     "VBMF",

@@ -31,6 +31,7 @@ from .tucker import _tucker2_conv2d
 __all__ = ["decompose", "build_decomposed"]
 
 KINDS = ("conv", "conv1x1", "linear")
+DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)  # an ImageNet image; with calibration data, its shape wins
 METHOD_PRESETS = {
     "tucker2": {"conv": "tucker2", "conv1x1": "svd"},
     "cp": {"conv": "cp", "conv1x1": "svd"},
@@ -162,14 +163,16 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 def decompose(
     model: nn.Module,
     method: str | Mapping[str, str | None] = "tucker2",
-    rank: RankSpec = "vbmf",
+    rank: RankSpec | None = None,
     *,
     overrides: Mapping[str, RankSpec | Mapping[str, Any] | None] | None = None,
-    input_shape: tuple[int, ...] | None = (1, 3, 224, 224),
+    input_shape: tuple[int, ...] | None = DEFAULT_INPUT_SHAPE,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     rank_multiple: int = 1,
     min_speedup: float | None = None,
     progress: bool = False,
+    calibration: Any = None,
+    budget: Any = None,
 ) -> tuple[nn.Module, Report]:
     """Decompose the Conv2d and Linear layers of ``model``; return ``(new_model, report)``.
 
@@ -181,11 +184,14 @@ def decompose(
             ``None``, e.g. ``{"conv": "tucker2", "linear": "svd"}`` for everything.
         rank: rank policy for every selected layer (see :mod:`decomp.rank`): an int, a
             ``(r_in, r_out)`` pair, a float fraction, ``Fraction``, ``Energy``, ``"vbmf"`` or ``VBMF``.
+            Default (``None``): ``"vbmf"``; with ``budget`` the search chooses, and giving
+            ``rank`` too is refused (use ``overrides`` to fix a layer's rank).
         overrides: per-layer settings by exact name or ``fnmatch`` pattern (exact names win,
             then the first matching pattern): a rank policy, ``None`` to leave the layer out,
             or a dict with ``"method"`` and/or ``"rank"``.
         input_shape: input of one forward pass (batch included) for the MAC counts and the
-            never-worse guard; ``None`` skips MACs and guards on parameters only.
+            never-worse guard; ``None`` skips MACs and guards on parameters only. Left at its
+            default with ``calibration``, it is one sample of the calibration data.
         method_options: keyword arguments per method, e.g. ``{"cp": {"max_iter": 200}}``.
         rank_multiple: round every resolved rank up to a multiple of this (capped at the
             mode's size). CPU and GPU kernels work in channel blocks (16 fp32 lanes with
@@ -199,18 +205,34 @@ def decompose(
             per-call overhead, where three convs run slower than one. ``None`` (default): no
             timing; the result is then deterministic. Needs ``input_shape``.
         progress: show a tqdm progress bar over the layers.
+        calibration: inputs of the model (a tensor batch, or a re-iterable collection of
+            batches such as a DataLoader; ``(inputs, labels)`` items are fine). SVD and Tucker-2
+            layers are then fitted to their responses on it, in forward order, against the
+            original network's outputs (:mod:`decomp.calibration`), and ``Energy`` / ``VBMF``
+            read the data-aware spectra; CP stays data-free. ``input_shape`` may be ``None``
+            (taken from the data). Checked (dtype, device, shape, non-empty) before any work.
+        budget: one target for the whole model, ``decomp.MACs(x)`` (x times fewer MACs) or
+            ``decomp.Latency(x)`` (x times faster, measured at ``input_shape`` on the model's
+            device): the ranks of all selected layers are chosen together (:mod:`decomp.budget`),
+            with errors read from the calibration data when given, from the weights otherwise.
+            The report's ``budget`` says the target, what was reached and the search's seconds.
 
     Returns:
         The decomposed copy and a :class:`~decomp.report.Report` with one row per Conv2d,
         Linear or other convolution-like layer.
     """
     table = _method_table(method)
-    default_policy = as_policy(rank)
+    if budget is not None and rank is not None:
+        raise ValueError(f"give rank= or budget=, not both: budget={budget!r} chooses every layer's rank "
+                         f"(got rank={rank!r}); fix single layers with overrides.")
+    default_policy = as_policy("vbmf" if rank is None else rank)
     overrides = dict(overrides or {})
     method_options = dict(method_options or {})
     for key in method_options:
         if key not in _DECOMPOSERS:
             raise ValueError(f"method_options keys must be among {sorted(_DECOMPOSERS)}; got {key!r}.")
+    if calibration is not None and input_shape is DEFAULT_INPUT_SHAPE:
+        input_shape = None  # taken from the calibration data
     if input_shape is not None:
         input_shape = tuple(int(s) for s in input_shape)
     if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
@@ -218,8 +240,14 @@ def decompose(
     if min_speedup is not None:
         if isinstance(min_speedup, bool) or not isinstance(min_speedup, (int, float)) or not min_speedup > 0:
             raise ValueError(f"min_speedup must be a number > 0 or None; got {min_speedup!r}.")
-        if input_shape is None:
+        if input_shape is None and calibration is None:
             raise ValueError("min_speedup times each layer at input_shape; got input_shape=None.")
+
+    if calibration is not None or budget is not None:
+        from .guided import decompose_guided  # needs this module's helpers
+
+        return decompose_guided(model, table, default_policy, overrides, input_shape, method_options,
+                                rank_multiple, min_speedup, progress, calibration, budget)
 
     new_model = copy.deepcopy(model)
     names_of: dict[int, list[str]] = {}
@@ -298,23 +326,34 @@ def _measured_speedup(layer: nn.Module, candidate: nn.Module, input_shape: tuple
 
 def _decompose_one(name, layer, in_shape, table, default_policy, overrides, method_options,
                    rank_multiple=1, min_speedup=None):
-    params_before = count_params(layer)
-    macs_before = count_macs(layer, in_shape) if in_shape is not None else None
+    selected = _select(name, layer, in_shape, table, default_policy, overrides)
+    if isinstance(selected, LayerReport):
+        return selected, None
+    method, policy = selected
+    L.check_finite(layer, name)
+    ranks = resolve_rank(policy, layer.weight, method, name)
+    return _realise(name, layer, in_shape, method, ranks, method_options, rank_multiple, min_speedup)
 
-    def skip(reason, method=None, ranks=None, info=None):
-        return LayerReport(name, describe_layer(layer), method, ranks, params_before, params_before,
-                           macs_before, macs_before, skipped=reason, info=dict(info or {})), None
 
+def _skip_row(name, layer, in_shape, reason, method=None, ranks=None, info=None) -> LayerReport:
+    params = count_params(layer)
+    macs = count_macs(layer, in_shape) if in_shape is not None else None
+    return LayerReport(name, describe_layer(layer), method, ranks, params, params, macs, macs,
+                       skipped=reason, info=dict(info or {}))
+
+
+def _select(name, layer, in_shape, table, default_policy, overrides):
+    """``(method, policy)`` for a layer, or the report row saying why it is left as it is."""
     reason = _unsupported_reason(layer)
     if reason:
-        return skip(reason)
+        return _skip_row(name, layer, in_shape, reason)
     kind = _kind(layer)
     method, policy = table.get(kind), default_policy
     match = _match_override(name, overrides)
     if match is not None:
         pattern, value = match
         if value is None:
-            return skip(f"left out by overrides[{pattern!r}]")
+            return _skip_row(name, layer, in_shape, f"left out by overrides[{pattern!r}]")
         if isinstance(value, Mapping):
             unknown = set(value) - {"method", "rank"}
             if unknown:
@@ -327,29 +366,46 @@ def _decompose_one(name, layer, in_shape, table, default_policy, overrides, meth
         else:
             policy = as_policy(value)
     if method is None:
-        return skip(f"no method selected for {kind} layers")
+        return _skip_row(name, layer, in_shape, f"no method selected for {kind} layers")
+    return method, policy
 
-    L.check_finite(layer, name)
-    ranks = resolve_rank(policy, layer.weight, method, name)
+
+def _planned(method, layer, ranks, rank_multiple, name):
+    """Ranks rounded and checked, and the empty (``meta``) architecture they give."""
     ranks = _round_up(ranks, rank_multiple, method, layer.weight)
     ranks = _check_planned_ranks(method, layer, ranks, name)
-    factorize, build = _DECOMPOSERS[method]
-    planned = build(layer, ranks, device="meta")
+    return ranks, _DECOMPOSERS[method][1](layer, ranks, device="meta")
+
+
+def _realise(name, layer, in_shape, method, ranks, method_options, rank_multiple=1, min_speedup=None,
+             factorize=None):
+    """Guard, then factorize ``layer`` at ``ranks``: ``(row, new layer or None)``.
+
+    ``factorize(ranks) -> (Sequential, info)`` replaces the weight-only factorization (the
+    data-aware fits of :mod:`decomp.calibration`); ``info`` holds ``rel_error``.
+    """
+    params_before = count_params(layer)
+    macs_before = count_macs(layer, in_shape) if in_shape is not None else None
+    ranks, planned = _planned(method, layer, ranks, rank_multiple, name)
     params_after = count_params(planned)
     macs_after = count_macs(planned, in_shape) if in_shape is not None else None
     if params_after >= params_before or (macs_before is not None and macs_after >= macs_before):
         what = f"params {params_before} -> {params_after}"
         if macs_before is not None:
             what += f", MACs {macs_before} -> {macs_after}"
-        return skip(f"not decomposed: {method} at ranks {ranks} would not reduce cost ({what})", method, ranks)
+        return _skip_row(name, layer, in_shape, f"not decomposed: {method} at ranks {ranks} would not reduce "
+                         f"cost ({what})", method, ranks), None
     speed = {}
     if min_speedup is not None and in_shape is not None:
         speed = {"measured_speedup": _measured_speedup(layer, planned, in_shape)}
         if speed["measured_speedup"] < min_speedup:
-            return skip(f"not decomposed: {method} at ranks {ranks} measured x{speed['measured_speedup']:.2f} "
-                        f"at input {in_shape}, below min_speedup={min_speedup:g}", method, ranks, speed)
-
-    new_layer, info = factorize(layer, ranks, **method_options.get(method, {}))
+            return _skip_row(name, layer, in_shape, f"not decomposed: {method} at ranks {ranks} measured "
+                             f"x{speed['measured_speedup']:.2f} at input {in_shape}, below "
+                             f"min_speedup={min_speedup:g}", method, ranks, speed), None
+    if factorize is None:
+        new_layer, info = _DECOMPOSERS[method][0](layer, ranks, **method_options.get(method, {}))
+    else:
+        new_layer, info = factorize(ranks)
     info.update(speed)
     rel_error = info.pop("rel_error")
     row = LayerReport(name, describe_layer(layer), method, ranks, params_before, params_after,
@@ -369,7 +425,15 @@ def build_decomposed(model: nn.Module, report: Report | Iterable[Mapping[str, An
         skeleton = build_decomposed(model, report)
         skeleton.load_state_dict(torch.load("model.pt", weights_only=True))
     """
-    rows = report.to_records() if isinstance(report, Report) else list(report)
+    if isinstance(report, Report):
+        rows = report.to_records()
+    elif isinstance(report, Mapping):
+        if not isinstance(report.get("layers"), list):
+            raise ValueError("a plan given as a mapping needs a 'layers' list of report records "
+                             f"(as plan.json has); got keys {sorted(report)}.")
+        rows = report["layers"]
+    else:
+        rows = list(report)
     new_model = copy.deepcopy(model)
     for row in rows:
         if row.get("skipped") is not None:

@@ -27,9 +27,9 @@ from typing import Union
 import torch
 
 from .linalg import singular_values
-from .vbmf import evbmf
+from .vbmf import evbmf, evbmf_spectrum
 
-__all__ = ["Fraction", "Energy", "VBMF", "RankSpec", "as_policy", "resolve_rank"]
+__all__ = ["Fraction", "Energy", "VBMF", "RankSpec", "as_policy", "resolve_rank", "rank_from_spectrum"]
 
 METHODS = ("svd", "cp", "tucker2")
 
@@ -122,19 +122,34 @@ def _energy_rank(s: torch.Tensor, value: float) -> int:
 
 def _mode_rank(policy: Policy, unfolding: torch.Tensor) -> int:
     """Rank of one matrix (a mode unfolding, rows = the channels being compressed)."""
-    n = unfolding.shape[0]
-    full = min(unfolding.shape)
+    if isinstance(policy, Fraction):
+        return rank_from_spectrum(policy, None, tuple(unfolding.shape))
+    if isinstance(policy, Energy):
+        return rank_from_spectrum(policy, singular_values(unfolding), tuple(unfolding.shape))
+    if isinstance(policy, VBMF):
+        return _vbmf_rank(policy, evbmf(unfolding).rank, min(unfolding.shape))
+    raise TypeError(f"unexpected policy {policy!r}")  # pragma: no cover - as_policy filters
+
+
+def rank_from_spectrum(policy: Policy, s: torch.Tensor | None, shape: tuple[int, int]) -> int:
+    """Rank of a mode from the singular values ``s`` of a matrix of ``shape`` (rows = the
+    channels being compressed), without the matrix: the data-aware spectra of
+    :mod:`decomp.calibration` (``Fraction`` needs no spectrum)."""
+    n, full = shape[0], min(shape)
     if isinstance(policy, Fraction):
         return min(n, math.ceil(policy.value * n))
     if isinstance(policy, Energy):
-        s = singular_values(unfolding)
-        return _energy_rank(s, policy.value)
+        return min(_energy_rank(torch.as_tensor(s), policy.value), full)
     if isinstance(policy, VBMF):
-        v = evbmf(unfolding).rank
-        if full <= policy.min_rank or v == 0:
-            return full
-        return max(int(full - policy.factor * (full - v)), policy.min_rank)
+        return _vbmf_rank(policy, evbmf_spectrum(torch.as_tensor(s).cpu().double().numpy(), shape).rank, full)
     raise TypeError(f"unexpected policy {policy!r}")  # pragma: no cover - as_policy filters
+
+
+def _vbmf_rank(policy: VBMF, v: int, full: int) -> int:
+    """MUSCO's weakened VBMF rank; the full rank where VBMF sees nothing above the noise."""
+    if full <= policy.min_rank or v == 0:
+        return full
+    return max(int(full - policy.factor * (full - v)), policy.min_rank)
 
 
 def resolve_rank(policy: Policy, weight: torch.Tensor, method: str, layer: str = "layer"):

@@ -71,6 +71,8 @@ class Report:
     params_after: int
     macs_before: int | None
     macs_after: int | None
+    budget: dict[str, Any] | None = None       # decompose(budget=...): target, reached, search seconds
+    calibration: dict[str, Any] | None = None  # decompose(calibration=...): samples, seconds
 
     def __iter__(self) -> Iterator[LayerReport]:
         return iter(self.rows)
@@ -116,6 +118,15 @@ class Report:
         if self.macs_before and self.macs_after:
             text += f"; MACs {_si(self.macs_before)} -> {_si(self.macs_after)} (x{self.macs_before / self.macs_after:.2f})"
             text += f" at input {tuple(self.input_shape)}"
+        if self.budget:
+            b = self.budget
+            text += f"; budget {b['target']}: reached x{b['reached']:.2f}"
+            if "measured" in b:
+                text += f" (measured; predicted x{b['predicted']:.2f})"
+            text += f", search {b['search_s']:.1f} s, errors from {b['errors_from']}"
+        if self.calibration:
+            text += (f"; fitted to {self.calibration['samples']} calibration inputs "
+                     f"in {self.calibration['seconds']:.1f} s (CP layers stay data-free)")
         return text
 
     def to_markdown(self) -> str:
@@ -133,7 +144,8 @@ class Report:
                 macs = _si(r.macs_before)
             red = f"{r.mac_reduction:.2f}" if r.decomposed and r.mac_reduction else ""
             err = f"{r.rel_error:.3f}" if r.rel_error is not None else ""
-            note = r.skipped or ""
+            note = r.skipped or ("data-aware fit, output error "
+                                 f"{r.info['output_rel_error']:.3f}" if "output_rel_error" in r.info else "")
             lines.append("| " + " | ".join([r.name, r.layer, r.method or "", ranks, params, macs, red, err, note]) + " |")
         return "\n".join(lines) + "\n\n" + self.summary() + "\n"
 

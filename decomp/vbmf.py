@@ -24,7 +24,7 @@ from scipy.optimize import minimize_scalar
 
 from .linalg import singular_values
 
-__all__ = ["evbmf", "VBMFResult"]
+__all__ = ["evbmf", "evbmf_spectrum", "VBMFResult"]
 
 TAU_BAR_COEFF = 2.5129  # tau_bar = 2.5129 * sqrt(alpha) (Nakajima et al. 2013)
 
@@ -83,15 +83,24 @@ def evbmf(matrix, sigma2: float | None = None) -> VBMFResult:
     is transposed first, as the solution is derived for L <= M. Computed in float64 on the CPU.
     """
     y = _as_matrix(matrix)
-    shape = y.shape
-    if y.shape[0] > y.shape[1]:
-        y = y.T
-    L, M = y.shape
+    return evbmf_spectrum(singular_values(torch.from_numpy(y)).numpy(), y.shape, sigma2)
+
+
+def evbmf_spectrum(singular_values_, shape: tuple[int, int], sigma2: float | None = None) -> VBMFResult:
+    """:func:`evbmf` from the singular values of a matrix of ``shape``, without the matrix.
+
+    For spectra that are not those of a stored matrix: the whitened (data-aware) problem of
+    :mod:`decomp.calibration`, whose singular values come from second moments of a layer's
+    responses while the noise model keeps the weight's shape.
+    """
+    shape = tuple(int(n) for n in shape)
+    L, M = sorted(shape)
+    s = np.sort(np.asarray(singular_values_, dtype=np.float64))[::-1][:L]
+    s = np.concatenate([s, np.zeros(L - len(s))])
     alpha = L / M
     tau_bar = TAU_BAR_COEFF * np.sqrt(alpha)
     x_bar = (1 + tau_bar) * (1 + alpha / tau_bar)  # threshold on x = gamma^2 / (M sigma^2)
-    s = singular_values(torch.from_numpy(y)).numpy()
-    total = float(np.sum(y**2))
+    total = float(np.sum(s**2))
     if total == 0.0:
         return VBMFResult(0, 0.0, 0.0, s, np.zeros(0), shape)
     residual = 0.0  # all H = L singular values are kept in s, so nothing lies outside them

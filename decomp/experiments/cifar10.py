@@ -146,7 +146,9 @@ def finetune_control(base, base_info: dict, prof: Profile, ft_train, test, cache
 
 def select_variants(prof: Profile) -> list:
     """The profile's grid (``decomp.experiments.reproduce.variant_table``), narrowed to ``prof.variants``."""
-    table = variant_table(prof.fractions, vbmf=prof.vbmf, cp_vbmf=prof.cp_vbmf)
+    table = variant_table(prof.fractions, vbmf=prof.vbmf, cp_vbmf=prof.cp_vbmf,
+                          **({"families": prof.families} if prof.families else {}),
+                          aware=prof.aware, budgets=prof.budgets)
     if prof.variants:
         unknown = sorted(set(prof.variants) - {v.name for v in table})
         if unknown:
@@ -231,7 +233,7 @@ def main(argv=None, prog: str | None = None) -> None:
                               cache=args.cache / tag, finetune=finetune_config(prof, v.lr),
                               bn_batches=prof.bn_batches, min_speedup=prof.min_speedup,
                               device=prof.device, timing=timing, base_info=base_info,
-                              progress=progress)
+                              progress=progress, calibration_images=prof.calibration_images)
         row["baseline_epochs"], row["baseline_lr"] = prof.epochs, prof.lr
         layers = [{"model": tag, "variant": v.name, **{k: r[k] for k in (
             "name", "layer", "method", "ranks", "params_before", "params_after",

@@ -35,6 +35,10 @@ class Profile:
     fractions: tuple = (1 / 3, 1 / 4, 1 / 6)  # rank fractions of the channels; first = origin's S/3, T/3
     vbmf: bool = True                # also VBMF ranks (SVD, Tucker-2)
     cp_vbmf: bool = False            # also VBMF ranks for CP
+    families: tuple = ()             # variant families of the grid (empty = all of decomp.experiments.reproduce.FAMILIES)
+    aware: tuple = ()                # families also run data-aware (decompose(calibration=...)) at the first fraction and VBMF
+    budgets: tuple = ()              # whole-model targets run data-aware for each family of `aware`, e.g. ("latency:2",)
+    calibration_images: int = 2048   # training images (seeded subset, unaugmented) of the data-aware fits
     test_images: int = 0             # test images for top-1 (0 = all 10,000)
     cpu_batches: tuple = (1, 256)    # images per forward for CPU timing (1 thread, thread CPU clock)
     gpu_batches: tuple = (1, 256)    # images per forward for GPU timing (if CUDA is present)
@@ -75,12 +79,16 @@ PROFILES = {
     # and channels_last train VGG16-BN w0.5 at ~55 s per epoch (measured 2.4x faster than
     # float32 on an AVX512-BF16 EPYC), so 40 epochs take ~40 min; the gpu run's 40-epoch recipe
     # reached 90% at width 1. Fine-tuning: 4 epochs on all images, variants and control alike.
+    # Variants: Tucker-2 + SVD on the whole network, data-free and data-aware at 1/3 and VBMF,
+    # and budgeted to x2 / x3 measured CPU batch-1 latency (decomp.Latency, data-aware).
     "cpu_e40": Profile(
         "cpu_e40", models=(("vgg16_bn", 0.5),), epochs=40, ft_epochs=4, ft_images=0,
         fractions=(1 / 3,), channels_last=True, amp_cpu=True, ft_control=True,
+        families=("tucker2+svd-all",), aware=("tucker2+svd-all",), budgets=("latency:2", "latency:3"),
         cpu_batches=(1, 256), min_run_s=1.0,
         note="VGG16-BN at 1/2 width with a 40-epoch baseline (bf16 autocast on the CPU), the "
-             "control fine-tuned like every variant; data-free, data-aware and budgeted variants.",
+             "control fine-tuned like every variant; Tucker-2 + SVD data-free, data-aware and "
+             "budgeted to a measured latency.",
     ),
     # One H100/H200 in one command of under 10 minutes: full widths, bf16 autocast and
     # channels_last (decomp.experiments.train), fine-tuning on the whole set. budget_s keeps the run inside

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from decomp.experiments.data import Split
+from decomp.budget import parse_budget
+from decomp.experiments.data import Loader, Split
 from decomp.measure import count_macs, count_params, time_interleaved
 from decomp.model import build_decomposed, decompose
 from decomp.experiments.runinfo import atomic_torch_save, atomic_write_text
@@ -68,6 +69,8 @@ class Variant:
     family: str        # a key of FAMILIES
     rank: Any          # decompose()'s rank policy: "vbmf" or a float fraction of the channels
     lr: float          # peak fine-tuning lr per 512 images
+    aware: bool = False       # fit the factors to calibration data (decompose(calibration=...))
+    budget: str | None = None  # one whole-model target instead of rank, e.g. "latency:2" (decomp.budget.parse_budget)
 
     @property
     def method(self) -> dict[str, str]:
@@ -75,7 +78,14 @@ class Variant:
 
     @property
     def rank_label(self) -> str:
-        return rank_label(self.rank)
+        if self.budget:
+            kind, _, factor = self.budget.partition(":")
+            return f"{kind}-x{factor}"
+        return ("aware-" if self.aware else "") + rank_label(self.rank)
+
+    @property
+    def fit(self) -> str:
+        return "data-aware" if self.aware else "data-free"
 
     @property
     def name(self) -> str:  # also the cache folder name
@@ -92,6 +102,7 @@ def rank_label(rank: Any) -> str:
 def variant_table(
     fractions: Sequence[float] = (1 / 3, 1 / 4, 1 / 6), *, vbmf: bool = True, cp_vbmf: bool = False,
     families: Sequence[str] = tuple(FAMILIES), lr: Mapping[str, float] | None = None,
+    aware: Sequence[str] = (), budgets: Sequence[str] = (),
 ) -> list[Variant]:
     """The grid, most important first: the origin's heuristic (first fraction) and VBMF for every
     family, then the more aggressive fractions (so a time-boxed run drops those first), and
@@ -99,7 +110,9 @@ def variant_table(
     reach the claim's speedups, before SVD of the FC layers alone, which barely moves latency.
 
     VBMF applies to SVD and Tucker-2; for CP only with ``cp_vbmf`` (CP's rank is then the larger
-    of the two VBMF mode ranks).
+    of the two VBMF mode ranks). ``aware``: families also run data-aware (fitted to calibration
+    data) at the first fraction and VBMF; ``budgets``: whole-model targets (``"latency:2"``),
+    data-aware, for each family of ``aware`` (SVD and Tucker-2 only). These follow the grid.
     """
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
@@ -111,7 +124,12 @@ def variant_table(
                 if not (rank == "vbmf" and f == "cp-conv" and not cp_vbmf)]
 
     first: list[Any] = list(fractions[:1]) + (["vbmf"] if vbmf else [])
-    return ([v for rank in first for v in variants(rank, families)]
+    unknown = [f for f in aware if f not in FAMILIES or f == "cp-conv" and budgets]
+    if unknown:
+        raise ValueError(f"aware families must be among {sorted(FAMILIES)} (not cp-conv with budgets); got {unknown}")
+    guided = ([Variant(f, rank, lrs[f], aware=True) for rank in first for f in aware]
+              + [Variant(f, None, lrs[f], aware=True, budget=b) for b in budgets for f in aware])
+    return ([v for rank in first for v in variants(rank, families)] + guided
             + [v for rank in fractions[1:] for v in variants(rank, families[::-1])])
 
 
@@ -202,7 +220,7 @@ def run_variant(
     base: nn.Module, variant: Variant, *, train_data: Split, test_data: Split, cache: str | Path,
     finetune: TrainConfig, device: torch.device | str = "cpu", timing: Mapping[str, Any] | None = None,
     base_info: Mapping[str, Any] | None = None, input_hw: int = 32, bn_batches: int = 0,
-    min_speedup: float | None = None, progress: bool = True,
+    min_speedup: float | None = None, progress: bool = True, calibration_images: int = 2048,
 ) -> tuple[dict, dict]:
     """Decompose ``base`` with ``variant``, evaluate, fine-tune, evaluate, time; cached per stage.
 
@@ -213,14 +231,18 @@ def run_variant(
     after it and ``top1_before_raw`` before. ``min_speedup``: passed to :func:`decompose`
     (layers whose decomposition is measured less than this much faster at batch 1 are kept).
     ``timing``: keyword arguments
-    of :func:`measure_speedup`. Returns ``(row, stage_info)`` where ``stage_info`` holds the
-    per-stage seconds and whether each stage came from the cache.
+    of :func:`measure_speedup`. ``calibration_images``: for data-aware and budgeted variants,
+    this many images of ``train_data`` (a seeded subset, unaugmented) are the calibration data.
+    Returns ``(row, stage_info)`` where ``stage_info`` holds the per-stage seconds and whether
+    each stage came from the cache.
     """
     cache = Path(cache) / variant.name
     if min_speedup is not None:  # another set of decomposed layers
         cache = cache / f"speed{min_speedup:g}"
     if bn_batches:  # the decomposed weights differ with recalibrated statistics
         cache = cache / f"bn{bn_batches}"
+    if variant.aware:  # fitted to these calibration images
+        cache = cache / f"cal{calibration_images}"
     ft_dir = cache / finetune_key(finetune, len(train_data))  # fine-tuning and results per FT setting
     device = torch.device(device)
     result_file = ft_dir / "result.json"
@@ -238,9 +260,15 @@ def run_variant(
         model.load_state_dict(torch.load(dec_pt, map_location=device, weights_only=True))
         stages["decompose_cached"] = True
     else:
-        model, report = decompose(base, method=variant.method, rank=variant.rank,
+        guided = {}
+        if variant.aware:
+            images = subset(train_data, calibration_images, seed=1)  # not the fine-tuning order's first images
+            guided["calibration"] = [x for x, _ in Loader(images, 256, train=False, device=device)]
+        if variant.budget:
+            guided["budget"] = parse_budget(variant.budget)
+        model, report = decompose(base, method=variant.method, rank=None if variant.budget else variant.rank,
                                   overrides=leave_out(base), input_shape=(1, 3, input_hw, input_hw),
-                                  min_speedup=min_speedup, progress=progress)
+                                  min_speedup=min_speedup, progress=progress, **guided)
         seconds = time.perf_counter() - start
         top1_raw = _eval_top1(model, test_data, device)
         if not report.decomposed:  # the baseline itself: nothing to recalibrate or fine-tune
@@ -250,7 +278,7 @@ def run_variant(
         dec = {"records": report.to_records(), "params_after": report.params_after,
                "macs_after": report.macs_after, "decompose_s": seconds, "top1_before_raw": top1_raw,
                "top1_before": _eval_top1(model, test_data, device) if bn_batches else top1_raw,
-               "bn_batches": bn_batches}
+               "bn_batches": bn_batches, "budget": report.budget, "calibration": report.calibration}
         atomic_torch_save(model.state_dict(), dec_pt)       # weights first, the JSON marks completion
         atomic_write_text(dec_file, json.dumps(dec, indent=1, default=str) + "\n")
         stages["decompose_cached"] = False
@@ -283,7 +311,9 @@ def run_variant(
         macs_base = count_macs(base, (1, 3, input_hw, input_hw))
     row = {
         **{k: v for k, v in info.items() if k not in ("top1", "params", "macs")},
-        "variant": variant.name, "family": variant.family, "ranks": variant.rank_label,
+        "variant": variant.name, "family": variant.family, "ranks": variant.rank_label, "fit": variant.fit,
+        "budget": variant.budget, "budget_reached": (dec.get("budget") or {}).get("reached"),
+        "budget_search_s": (dec.get("budget") or {}).get("search_s"),
         "layer_ranks": _layer_ranks(dec["records"]),
         "top1_base": top1_base, "top1_before_raw": dec.get("top1_before_raw", dec["top1_before"]),
         "top1_before": dec["top1_before"], "top1_after": top1_after, "bn_recal_batches": dec.get("bn_batches", bn_batches),

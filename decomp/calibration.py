@@ -1,0 +1,392 @@
+"""Data-aware factors: fit each low-rank layer to its responses on calibration data.
+
+A weight-only decomposition minimises ``||W - W'||``; what matters is the layer's output on
+real inputs. Following Zhang et al. 2015 ("Accelerating Very Deep Convolutional Networks for
+Classification and Detection"), each decomposed layer is fitted, in forward order, so that
+the *decomposed* network's response at that layer matches the *original* network's:
+
+    min over rank-r M   E || y - M y_hat ||^2,   y = W x + b,   y_hat = W x_hat + b
+
+where ``x`` is the layer's input in the original network and ``x_hat`` its input in the network
+whose earlier layers are already decomposed (asymmetric reconstruction: errors do not pile
+up layer after layer). With ``S = E[y_hat y_hat^T]`` and ``X = E[y y_hat^T]`` the optimum is
+closed form (generalised SVD): ``M = U_r U_r^T X S^+`` with ``U_r`` the leading left singular
+vectors of ``X S^-1/2``. The new layer is ``M W``: ``(U_r^T X S^+ W)`` to ``r`` channels, then
+``U_r``, the bias becoming ``M b``. With ``x_hat = x`` this is exactly the whitened SVD
+``[W C^1/2]_r C^-1/2`` (``C = E[x x^T]``), the optimum of ``E||(W - W')x||^2``, but it needs
+only output-channel statistics (``out x out``), so fc6 of an ImageNet VGG16 (25088 inputs)
+costs no 25088^2 covariance.
+
+- SVD (``Linear``, 1x1 convs): the output fit above.
+- Tucker-2: the input factor from the input-channel covariance ``C`` of ``x_hat``: the leading
+  left singular vectors ``V_r`` of ``C^1/2 W_(in)`` (the input-mode unfolding, whitened), the
+  1x1 input conv ``V_r^T C^-1/2`` and the core ``W x_in (C^1/2 V_r)^T``; then the output factor
+  and the core are re-fitted to the layer's outputs by the output fit above.
+- CP stays data-free (its ALS fits the weights); later layers still see its approximate outputs.
+
+Statistics are streamed: per batch, second moments are accumulated in float64 and the
+activations dropped. Forward passes stop at the layer being fitted. Every pass runs in eval
+mode under ``torch.no_grad``; the models' modes are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .layers import svd_conv1x1_layers, svd_linear_layers, tucker2_layers
+
+__all__ = ["Calibration", "as_calibration", "forward_order", "layer_moments", "OutputFit", "InputFit",
+           "fit_output", "fit_input", "svd_from_fit", "tucker2_input_stage", "tucker2_from_fits",
+           "model_moments", "output_spectrum", "effective_weight"]
+
+_BATCH = 256  # images per forward pass when calibration is one tensor
+
+
+class _Stop(Exception):
+    """Raised by a hook once the layer of interest has run: the rest of the forward is not needed."""
+
+
+@dataclass
+class Calibration:
+    """Validated calibration data: re-iterable batches on the model's device and dtype."""
+
+    source: object  # the tensor, or the re-iterable collection of batches
+    sample_shape: tuple[int, ...]  # shape of one input without the batch dimension
+
+    def batches(self) -> Iterable[torch.Tensor]:
+        if isinstance(self.source, torch.Tensor):
+            yield from self.source.split(_BATCH)
+            return
+        for item in self.source:
+            yield _check_batch(_first(item), self.sample_shape)
+
+
+def _first(item):
+    """A DataLoader over a labelled data set yields (inputs, labels): the inputs are the first."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+def _check_batch(x, sample_shape, dtype=None, device=None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"calibration batches must be tensors (or (inputs, labels) pairs); got {type(x).__name__}.")
+    if x.ndim < 1 or x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"calibration batch is empty (shape {tuple(x.shape)}); give at least one input.")
+    if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
+        raise ValueError(f"calibration batches must all have inputs of shape {tuple(sample_shape)}; "
+                         f"got a batch of shape {tuple(x.shape)}.")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"calibration dtype {x.dtype} does not match the model's parameters ({dtype}); "
+                         f"convert it with .to({dtype}).")
+    if device is not None and x.device != device:
+        raise ValueError(f"calibration is on {x.device} but the model is on {device}; move it with .to('{device}').")
+    return x
+
+
+def as_calibration(data, model: nn.Module, input_shape: Sequence[int] | None) -> Calibration:
+    """Check ``data`` before any work: a tensor batch, or a re-iterable collection of batches
+    (a DataLoader, a list) whose first batch has the model's dtype and device and, when
+    ``input_shape`` is given, its per-sample shape."""
+    p = next(iter(model.parameters()), None)
+    dtype, device = (p.dtype, p.device) if p is not None else (None, None)
+    if isinstance(data, torch.Tensor):
+        first = data
+    elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+        if iter(data) is data:
+            raise TypeError("calibration must be a tensor or a re-iterable collection of batches (a DataLoader, "
+                            "a list); got a one-shot iterator, which the layer-by-layer fit cannot read twice.")
+        first = next(iter(data), None)
+        if first is None:
+            raise ValueError("calibration has no batches; give at least one input.")
+        first = _first(first)
+    else:
+        raise TypeError(f"calibration must be a tensor or an iterable of tensor batches; got {type(data).__name__}.")
+    _check_batch(first, None, dtype, device)
+    if input_shape is not None and tuple(first.shape[1:]) != tuple(input_shape)[1:]:
+        raise ValueError(f"calibration inputs have shape {tuple(first.shape[1:])} per sample but "
+                         f"input_shape={tuple(input_shape)}; they must agree (or pass input_shape=None).")
+    return Calibration(data, tuple(first.shape[1:]))
+
+
+@contextlib.contextmanager
+def _eval_no_grad(*models: nn.Module):
+    modes = [{m: m.training for m in net.modules()} for net in models]
+    for net in models:
+        net.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for mode in modes:
+            for m, was in mode.items():
+                m.training = was
+
+
+def forward_order(model: nn.Module, names: Sequence[str], batch: torch.Tensor) -> list[str]:
+    """``names`` in the order their modules first run on ``batch`` (modules never called last,
+    in the given order)."""
+    seen: list[str] = []
+    handles = []
+    for name in names:
+        def hook(module, args, name=name):
+            if name not in seen:
+                seen.append(name)
+        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        with _eval_no_grad(model):
+            model(batch[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return seen + [n for n in names if n not in seen]
+
+
+def _rows(t: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Samples x channels in float64: a conv map's pixels and a Linear's leading dims are samples."""
+    return t.movedim(channel_dim, -1).reshape(-1, t.shape[channel_dim]).double()
+
+
+def _channel_dim(layer: nn.Module) -> int:
+    return 1 if isinstance(layer, nn.modules.conv._ConvNd) else -1
+
+
+class _Capture:
+    """Forward hooks that keep one layer's input or output of the current batch, then stop."""
+
+    def __init__(self, module: nn.Module, what: str, stop: bool = True):
+        self.value = None
+        self.stop = stop
+        if what == "input":
+            self.handle = module.register_forward_pre_hook(self._input)
+        else:
+            self.handle = module.register_forward_hook(self._output)
+
+    def _input(self, module, args):
+        self.value = args[0]
+        if self.stop:
+            raise _Stop
+
+    def _output(self, module, args, output):
+        self.value = output
+        if self.stop:
+            raise _Stop
+
+    def remove(self):
+        self.handle.remove()
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> None:
+    try:
+        model(x)
+    except _Stop:
+        pass
+
+
+def layer_moments(original: nn.Module, current: nn.Module, name: str, calibration: Calibration, *,
+                  inputs: bool = False, candidate: nn.Module | None = None):
+    """Streamed second moments at layer ``name``.
+
+    ``inputs=True``: ``E[x_hat x_hat^T]`` of the layer's input channels in ``current``.
+    Otherwise the output statistics of the fit: ``X = E[y y_hat^T]``, ``S = E[y_hat y_hat^T]``
+    and ``E||y||^2``, where ``y`` is the layer's output in ``original`` and ``y_hat`` the
+    output of ``candidate`` (default: the layer itself) on the layer's input in ``current``.
+    Returns float64 tensors (and the sample count).
+    """
+    layer = current.get_submodule(name)
+    dim = _channel_dim(layer)
+    acc: dict[str, torch.Tensor] = {}
+    count = 0
+    with _eval_no_grad(original, current):
+        for batch in calibration.batches():
+            grab_in = _Capture(layer, "input")
+            try:
+                _run(current, batch)
+            finally:
+                grab_in.remove()
+            x_hat = grab_in.value
+            if inputs:
+                rows = _rows(x_hat, 1 if x_hat.ndim == 4 else -1)
+                acc["C"] = acc.get("C", 0) + rows.T @ rows
+                count += rows.shape[0]
+                continue
+            grab_out = _Capture(original.get_submodule(name), "output")
+            try:
+                _run(original, batch)
+            finally:
+                grab_out.remove()
+            y = _rows(grab_out.value, dim)
+            y_hat = _rows((candidate or layer)(x_hat), dim)
+            acc["X"] = acc.get("X", 0) + y.T @ y_hat
+            acc["S"] = acc.get("S", 0) + y_hat.T @ y_hat
+            acc["yy"] = acc.get("yy", 0) + (y * y).sum()
+            count += y.shape[0]
+    return {k: v / count for k, v in acc.items()}, count
+
+
+def _psd_sqrt_pair(s: torch.Tensor, rel_floor: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(S^1/2, S^+1/2)`` of a symmetric PSD matrix; eigenvalues below ``rel_floor * max``
+    (dead channels, rank-deficient data) are treated as zero in the pseudo-inverse."""
+    evals, evecs = torch.linalg.eigh((s + s.T) / 2)
+    evals = evals.clamp_min(0)
+    keep = evals > rel_floor * float(evals.max().clamp_min(torch.finfo(evals.dtype).tiny))
+    root = evals.sqrt()
+    inv_root = torch.where(keep, 1 / root.clamp_min(torch.finfo(evals.dtype).tiny), torch.zeros_like(root))
+    return (evecs * root) @ evecs.T, (evecs * inv_root) @ evecs.T
+
+
+@dataclass
+class OutputFit:
+    """The output fit at one layer: ``y ~ M y_hat`` for every rank at once."""
+
+    u: torch.Tensor            # (out, out) left singular vectors of X S^-1/2, descending
+    spectrum: torch.Tensor     # (out,) singular values of X S^-1/2: the output energy each keeps
+    x_s_pinv: torch.Tensor     # (out, out) X S^+: the unconstrained fit
+    total: float               # E||y||^2
+
+    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(P, Q)``: ``M = P Q`` with ``P = U_r`` (out x r), ``Q = U_r^T X S^+`` (r x out)."""
+        p = self.u[:, :rank]
+        return p, p.T @ self.x_s_pinv
+
+    def rel_error(self, rank: int) -> float:
+        """Relative output error on the calibration data, sqrt(E||y - M y_hat||^2 / E||y||^2)."""
+        kept = float((self.spectrum[:rank] ** 2).sum())
+        return math.sqrt(max(self.total - kept, 0.0) / self.total) if self.total > 0 else 0.0
+
+
+@torch.no_grad()
+def fit_output(moments: dict) -> OutputFit:
+    half, inv_half = _psd_sqrt_pair(moments["S"])
+    g = moments["X"] @ inv_half
+    u, s, _ = torch.linalg.svd(g)
+    return OutputFit(u, s, g @ inv_half, float(moments["yy"]))
+
+
+@dataclass
+class InputFit:
+    """Tucker-2's input factor: the projection of input channels that the weights see least."""
+
+    v: torch.Tensor          # (S, S) left singular vectors of C^1/2 W_(in), descending
+    spectrum: torch.Tensor   # (S,) their singular values
+    half: torch.Tensor       # C^1/2
+    inv_half: torch.Tensor   # C^+1/2
+
+    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, L)``: the 1x1 input conv ``B = V_r^T C^+1/2`` (r x S) and the lift ``L = C^1/2 V_r`` (S x r)."""
+        v = self.v[:, :rank]
+        return v.T @ self.inv_half, self.half @ v
+
+
+def whitened_in_unfolding(weight: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """``C^1/2 W_(in)``: the input-mode unfolding (S x T*kh*kw) weighted by the input covariance."""
+    return half @ weight.detach().double().transpose(0, 1).flatten(1)
+
+
+@torch.no_grad()
+def fit_input(weight: torch.Tensor, moments: dict) -> InputFit:
+    half, inv_half = _psd_sqrt_pair(moments["C"])
+    v, s, _ = torch.linalg.svd(whitened_in_unfolding(weight, half), full_matrices=False)
+    return InputFit(v, s, half, inv_half)
+
+
+@torch.no_grad()
+def svd_from_fit(layer: nn.Module, fit: OutputFit, rank: int) -> nn.Sequential:
+    """The two-layer SVD replacement of a Linear or 1x1 conv: ``Q W`` to ``rank``, then ``P`` (+ ``M b``)."""
+    p, q = fit.factors(rank)
+    w = layer.weight.double().flatten(1)  # (out, in)
+    build = svd_linear_layers if isinstance(layer, nn.Linear) else svd_conv1x1_layers
+    new = build(layer, rank, device="meta").to_empty(device=layer.weight.device)
+    new[0].weight.copy_((q @ w).reshape(new[0].weight.shape))
+    new[1].weight.copy_(p.reshape(new[1].weight.shape))
+    if layer.bias is not None:
+        new[1].bias.copy_(p @ (q @ layer.bias.double()))
+    return new
+
+
+@torch.no_grad()
+def tucker2_input_stage(layer: nn.Conv2d, fit: InputFit, r_in: int) -> nn.Sequential:
+    """The input factor and the full-output core (``T`` channels, the layer's bias): what
+    the output fit then compresses. Its outputs are the ``y_hat`` of :func:`layer_moments`."""
+    b, lift = fit.factors(r_in)
+    stage = tucker2_layers(layer, (r_in, layer.out_channels), device="meta")[:2]
+    stage = nn.Sequential(*stage).to_empty(device=layer.weight.device)
+    stage[0].weight.copy_(b.reshape(stage[0].weight.shape))
+    core = torch.einsum("tskl,sr->trkl", layer.weight.double(), lift)
+    stage[1].weight.copy_(core)
+    if layer.bias is not None:
+        stage[1].bias = nn.Parameter(layer.bias.detach().clone())
+    return stage
+
+
+@torch.no_grad()
+def tucker2_from_fits(layer: nn.Conv2d, stage: nn.Sequential, fit: OutputFit, r_out: int) -> nn.Sequential:
+    """Tucker-2 layers from the input stage and the output fit: the core's outputs compressed by
+    ``Q``, the last 1x1 conv ``P`` with bias ``M b``."""
+    p, q = fit.factors(r_out)
+    r_in = stage[0].out_channels
+    new = tucker2_layers(layer, (r_in, r_out), device="meta").to_empty(device=layer.weight.device)
+    new[0].weight.copy_(stage[0].weight)
+    new[1].weight.copy_(torch.einsum("ut,trkl->urkl", q, stage[1].weight.double()))
+    new[2].weight.copy_(p.reshape(new[2].weight.shape))
+    if layer.bias is not None:
+        new[2].bias.copy_(p @ (q @ layer.bias.double()))
+    return new
+
+
+def model_moments(model: nn.Module, layers: Mapping[str, str], calibration: Calibration) -> dict[str, dict]:
+    """One pass over ``calibration`` through ``model``: each named layer's output moments
+    ``E[y y^T]`` and ``E||y||^2``, and for ``"tucker2"`` layers also the input-channel
+    covariance ``E[x x^T]``. The spectra the global rank search reads its errors from."""
+    acc: dict[str, dict] = {name: {} for name in layers}
+    counts = {name: 0 for name in layers}
+    handles = []
+
+    def hook(name, method):
+        def record(module, args, output):
+            y = _rows(output, _channel_dim(module))
+            a = acc[name]
+            a["S"] = a.get("S", 0) + y.T @ y
+            a["yy"] = a.get("yy", 0) + (y * y).sum()
+            if method == "tucker2":
+                x = _rows(args[0], 1)
+                a["C"] = a.get("C", 0) + x.T @ x
+                a["n_in"] = a.get("n_in", 0) + x.shape[0]
+            counts[name] += y.shape[0]
+        return record
+
+    for name, method in layers.items():
+        handles.append(model.get_submodule(name).register_forward_hook(hook(name, method)))
+    try:
+        with _eval_no_grad(model):
+            for batch in calibration.batches():
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, a in acc.items():
+        n = max(counts[name], 1)
+        out[name] = {"S": a["S"] / n, "yy": float(a["yy"]) / n}
+        if "C" in a:
+            out[name]["C"] = a["C"] / a["n_in"]
+    return out
+
+
+def output_spectrum(moments: dict) -> torch.Tensor:
+    """Singular values of the (symmetric) output fit, ``sqrt(eig E[y y^T])``, descending."""
+    return torch.linalg.eigvalsh(moments["S"]).clamp_min(0).flip(0).sqrt()
+
+
+@torch.no_grad()
+def effective_weight(new: nn.Sequential, method: str) -> torch.Tensor:
+    """The single layer's weight that an SVD or Tucker-2 replacement computes (float64)."""
+    if method == "svd":
+        return (new[1].weight.double().flatten(1) @ new[0].weight.double().flatten(1))
+    b = new[0].weight.double().flatten(1)            # (r_in, S)
+    p = new[2].weight.double().flatten(1)            # (T, r_out)
+    return torch.einsum("tu,urkl,rs->tskl", p, new[1].weight.double(), b)

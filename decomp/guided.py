@@ -1,0 +1,282 @@
+"""``decompose`` with calibration data and/or a whole-model budget (see :func:`decomp.decompose`).
+
+Layers are visited in the order they run. With ``calibration``, each SVD and Tucker-2 layer
+is fitted to its responses (:mod:`decomp.calibration`) and replaced at once, so the next
+layer's statistics come from the partly decomposed network (asymmetric reconstruction). With
+``budget``, the ranks of every layer the method selects are first chosen together by
+:mod:`decomp.budget`; overrides still fix a layer's rank or leave it out.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import calibration as C
+from .budget import MACs, RANK_GRID, Candidate, Latency, LayerOptions, latency_table, model_speedup, search
+from .layers import check_finite
+from .linalg import singular_values
+from .measure import count_macs, count_params
+from .model import _input_shapes, _match_override, _model_macs, _planned, _realise, _round_up, _select, _set_module
+from .rank import VBMF, Energy, rank_from_spectrum, resolve_rank
+from .report import LayerReport, Report, describe_layer
+
+__all__ = ["decompose_guided"]
+
+_SPECTRUM_POLICIES = (Energy, VBMF)
+
+
+def decompose_guided(model, table, default_policy, overrides, input_shape, method_options, rank_multiple,
+                     min_speedup, progress, calibration, budget) -> tuple[nn.Module, Report]:
+    started = time.perf_counter()
+    if budget is not None and not isinstance(budget, (MACs, Latency)):
+        raise TypeError(f"budget must be decomp.MACs(x) or decomp.Latency(x); got {budget!r}.")
+    cal = C.as_calibration(calibration, model, input_shape) if calibration is not None else None
+    if input_shape is None and cal is not None:
+        input_shape = (1, *cal.sample_shape)
+    if budget is not None and input_shape is None:
+        raise ValueError(f"budget={budget} is measured at input_shape; got input_shape=None and no calibration.")
+    if min_speedup is not None and input_shape is None:
+        raise ValueError("min_speedup times each layer at input_shape; got input_shape=None.")
+
+    new_model = copy.deepcopy(model)
+    names_of: dict[int, list[str]] = {}
+    for name, module in new_model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(name)
+    candidates = {n: m for n, m in new_model.named_modules()
+                  if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    shapes = _input_shapes(new_model, candidates, input_shape) if input_shape and candidates else {}
+    selected = {n: _select(n, m, shapes.get(n), table, default_policy, overrides) for n, m in candidates.items()}
+    if budget is not None:
+        for name, sel in selected.items():
+            if not isinstance(sel, LayerReport) and sel[0] == "cp":
+                raise ValueError(f"budget={budget} chooses SVD and Tucker-2 ranks; layer {name!r} would use 'cp'. "
+                                 "Use method='tucker2' / 'svd', or fix that layer's rank with overrides.")
+    first = next(iter(cal.batches())) if cal is not None else None
+    order = C.forward_order(new_model, list(candidates), first) if cal is not None and candidates else list(candidates)
+
+    searched, budget_info = {}, None
+    if budget is not None:
+        searchable = {n: s[0] for n, s in selected.items()
+                      if not isinstance(s, LayerReport) and _match_override(n, overrides) is None}
+        searched, budget_info = _search(model, new_model, candidates, searchable, shapes, input_shape, budget,
+                                        cal, rank_multiple, started)
+
+    rows: dict[str, LayerReport] = {}
+    for name in tqdm(order, desc="decompose", unit="layer", disable=not progress):
+        layer, sel = candidates[name], selected[name]
+        if isinstance(sel, LayerReport):
+            rows[name] = sel
+            continue
+        method, policy = sel
+        check_finite(layer, name)
+        if name in searched:
+            if searched[name] is None:
+                rows[name] = _kept_row(name, layer, shapes.get(name), method, budget)
+                continue
+            policy = searched[name]
+        if cal is not None and method in ("svd", "tucker2"):
+            row, new_layer = _fit_layer(model, new_model, name, layer, shapes.get(name), method, policy, cal,
+                                        rank_multiple, min_speedup)
+        else:
+            ranks = resolve_rank(policy, layer.weight, method, name)
+            row, new_layer = _realise(name, layer, shapes.get(name), method, ranks, method_options,
+                                      rank_multiple, min_speedup)
+            if cal is not None and new_layer is not None:
+                row.info["fit"] = "data-free: CP fits the weights (ALS); later layers are fitted to its outputs"
+        rows[name] = row
+        if new_layer is not None:
+            for alias in names_of[id(layer)]:
+                if alias == "":
+                    new_model = new_layer
+                else:
+                    _set_module(new_model, alias, new_layer)
+
+    macs_before = macs_after = None
+    if input_shape is not None and candidates:
+        macs_before, macs_after = _model_macs(model, input_shape), _model_macs(new_model, input_shape)
+    cal_info = None
+    if cal is not None:
+        cal_info = {"samples": sum(int(b.shape[0]) for b in cal.batches()), "sample_shape": list(cal.sample_shape),
+                    "seconds": time.perf_counter() - started}
+    report = Report([rows[n] for n in candidates], input_shape, count_params(model), count_params(new_model),
+                    macs_before, macs_after, budget=budget_info, calibration=cal_info)
+    return new_model, report
+
+
+def _kept_row(name, layer, in_shape, method, budget) -> LayerReport:
+    params = count_params(layer)
+    macs = count_macs(layer, in_shape) if in_shape is not None else None
+    return LayerReport(name, describe_layer(layer), method, None, params, params,
+                       macs, macs, skipped=f"kept as it is by the budget search ({budget}): no cheaper "
+                       "candidate was worth its error")
+
+
+# ----------------------------------------------------------------------------------------
+# Data-aware fit of one layer
+
+
+def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, rank_multiple, min_speedup):
+    w = layer.weight
+    from_spectrum = isinstance(policy, _SPECTRUM_POLICIES)
+    given = None if from_spectrum else resolve_rank(policy, w, method, name)
+    rank_from = "output spectrum on the calibration data" if from_spectrum else "given"
+    if method == "svd":
+        fit = C.fit_output(C.layer_moments(original, current, name, cal)[0])
+        ranks = given if given is not None else rank_from_spectrum(policy, fit.spectrum, tuple(w.flatten(1).shape))
+
+        def factorize(r):
+            new = C.svd_from_fit(layer, fit, r)
+            return new, _fit_info(layer, new, "svd", fit.rel_error(r), rank_from)
+        return _realise(name, layer, in_shape, "svd", ranks, {}, rank_multiple, min_speedup, factorize)
+
+    t, s = w.shape[:2]
+    taps = w.shape[2] * w.shape[3]
+    fin = C.fit_input(w, C.layer_moments(original, current, name, cal, inputs=True)[0])
+    r_in = given[0] if given is not None else rank_from_spectrum(policy, fin.spectrum, (s, t * taps))
+    r_in = _round_up((r_in, 1), rank_multiple, "tucker2", w)[0]
+    r_in = max(1, min(r_in, s))
+    stage = C.tucker2_input_stage(layer, fin, r_in)
+    fout = C.fit_output(C.layer_moments(original, current, name, cal, candidate=stage)[0])
+    r_out = given[1] if given is not None else rank_from_spectrum(policy, fout.spectrum, (t, s * taps))
+    if from_spectrum:
+        rank_from = "whitened input-mode spectrum (R_in) and output spectrum (R_out) on the calibration data"
+
+    def factorize(r):
+        if r[0] != r_in:  # rounding was applied before the input stage: nothing may move it
+            raise AssertionError(f"{name}: input rank {r[0]} != fitted {r_in}")
+        new = C.tucker2_from_fits(layer, stage, fout, r[1])
+        return new, _fit_info(layer, new, "tucker2", fout.rel_error(r[1]), rank_from)
+    return _realise(name, layer, in_shape, "tucker2", (r_in, r_out), {}, rank_multiple, min_speedup, factorize)
+
+
+def _fit_info(layer, new, method, output_error, rank_from) -> dict[str, Any]:
+    w = layer.weight.detach().double()
+    weight_error = float(torch.linalg.vector_norm(C.effective_weight(new, method).reshape(w.shape) - w)
+                         / torch.linalg.vector_norm(w).clamp_min(1e-300))
+    return {"rel_error": weight_error, "fit": "data-aware", "output_rel_error": output_error, "rank_from": rank_from}
+
+
+# ----------------------------------------------------------------------------------------
+# The global rank search
+
+
+def _candidate_ranks(method, weight, rank_multiple) -> list:
+    t, s = weight.shape[:2]
+    seen, out = set(), []
+    for f in RANK_GRID:
+        if method == "svd":
+            n = min(weight.flatten(1).shape)
+            r = _round_up(max(1, math.ceil(f * n)), rank_multiple, "svd", weight)
+        else:
+            r = _round_up((max(1, math.ceil(f * s)), max(1, math.ceil(f * t))), rank_multiple, "tucker2", weight)
+        if r not in seen:
+            seen.add(r)
+            out.append(r)
+    return out
+
+
+def _spectra(model, layer, name, method, moments) -> tuple:
+    """Spectra the candidates' errors are read from: data-aware when ``moments`` has the layer."""
+    w = layer.weight.detach()
+    if moments is not None:
+        m = moments[name]
+        out = C.output_spectrum(m)
+        if method == "svd":
+            return (out,)
+        half, _ = C._psd_sqrt_pair(m["C"])
+        return (torch.linalg.svdvals(C.whitened_in_unfolding(w, half)), out)
+    if method == "svd":
+        return (singular_values(w.flatten(1)),)
+    return (singular_values(w.transpose(0, 1).flatten(1)), singular_values(w.flatten(1)))
+
+
+def _tail(s: torch.Tensor, r: int) -> float:
+    total = float((s.double() ** 2).sum())
+    return float((s.double()[r:] ** 2).sum()) / total if total > 0 else 0.0
+
+
+def _candidate_error(spectra, ranks) -> float:
+    if len(spectra) == 1:
+        return math.sqrt(_tail(spectra[0], ranks))
+    return math.sqrt(_tail(spectra[0], ranks[0]) + _tail(spectra[1], ranks[1]))
+
+
+def _search(model, new_model, candidates, searchable, shapes, input_shape, budget, cal, rank_multiple, started):
+    moments = C.model_moments(model, searchable, cal) if cal is not None and searchable else None
+    latency = isinstance(budget, Latency)
+    options, planned_of = [], {}
+    for name, method in searchable.items():
+        layer, in_shape = candidates[name], shapes[name]
+        spectra = _spectra(model, layer, name, method, moments)
+        params0 = count_params(layer)
+        macs0 = count_macs(layer, in_shape)
+        planned = {}
+        for r in _candidate_ranks(method, layer.weight, rank_multiple):
+            try:
+                r, arch = _planned(method, layer, r, rank_multiple, name)
+            except ValueError:
+                continue
+            if count_params(arch) < params0 and count_macs(arch, in_shape) < macs0:
+                planned[r] = arch
+        if latency:
+            cost0, costs = latency_table(layer, planned, in_shape, budget)
+        else:
+            cost0, costs = macs0, {r: count_macs(a, in_shape) for r, a in planned.items()}
+        planned_of[name] = planned
+        options.append(LayerOptions(name, cost0, [Candidate(r, costs[r], _candidate_error(spectra, r))
+                                                  for r in planned]))
+    if latency:
+        total = _model_seconds(model, input_shape, budget)
+
+        def measure(ranks):
+            return model_speedup(model, _skeleton(new_model, candidates, planned_of, ranks), input_shape, budget)
+    else:
+        total, measure = float(count_macs(model, input_shape)), None
+    result = search(options, total, budget, measure, started)
+    result.info["layers_searched"] = len(options)
+    result.info["errors_from"] = "calibration data (output spectra)" if moments is not None else "weights (spectra)"
+    return result.ranks, result.info
+
+
+def _model_seconds(model, input_shape, budget: Latency) -> float:
+    from .measure import time_interleaved
+
+    p = next(iter(model.parameters()))
+    x = torch.randn(input_shape, device=p.device, dtype=p.dtype)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        return time_interleaved({"m": model}, x, rounds=budget.rounds, min_run_time=8 * budget.min_run_time,
+                                **budget.timing_options(p.device))["m"].median
+    finally:
+        for m, was in modes.items():
+            m.training = was
+
+
+def _skeleton(new_model, candidates, planned_of, ranks) -> nn.Module:
+    """The architecture ``ranks`` choose, with scaled random weights: for timing only."""
+    skeleton = copy.deepcopy(new_model)
+    for name, r in ranks.items():
+        if r is None:
+            continue
+        layer = candidates[name]
+        arch = copy.deepcopy(planned_of[name][r]).to_empty(device=layer.weight.device)
+        with torch.no_grad():
+            for p in arch.parameters():
+                if p.ndim > 1:
+                    p.normal_(0, p[0].numel() ** -0.5)
+                else:
+                    p.zero_()
+        if name == "":
+            skeleton = arch
+        else:
+            _set_module(skeleton, name, arch)
+    return skeleton.eval()
+

@@ -1,0 +1,147 @@
+"""decompose(calibration=...): data-aware factors against closed-form references, and input checks."""
+
+import pytest
+import torch
+from torch import nn
+
+import decomp
+from decomp.calibration import fit_output
+
+torch.manual_seed(0)
+
+
+def _anisotropic(n=4096, d_in=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d_in, d_in, generator=g) * torch.logspace(0, -2, d_in)
+    return lambda m=n: torch.randn(m, d_in, generator=g) @ mix.T
+
+
+def _whitened_optimum(w, x, rank):
+    """argmin over rank-r W' of E||(W - W')x||^2: [W C^1/2]_r C^-1/2 (C = E[x x^T])."""
+    c = (x.T @ x / len(x)).double()
+    evals, evecs = torch.linalg.eigh(c)
+    half = (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
+    inv_half = (evecs * evals.clamp_min(1e-12).rsqrt()) @ evecs.T
+    u, s, vh = torch.linalg.svd(w.double() @ half)
+    return (u[:, :rank] * s[:rank]) @ vh[:rank] @ inv_half
+
+
+def _rel(pred, target):
+    return float((pred - target).norm() / target.norm())
+
+
+def test_linear_data_aware_svd_reaches_the_whitened_optimum_and_beats_data_free():
+    draw = _anisotropic()
+    x, x_test = draw(), draw(2048)
+    lin = nn.Linear(64, 48)
+    net = nn.Sequential(lin)
+    free, _ = decomp.decompose(net, {"linear": "svd"}, 8, input_shape=(1, 64))
+    aware, report = decomp.decompose(net, {"linear": "svd"}, 8, input_shape=None, calibration=x)
+    w_opt = _whitened_optimum(lin.weight.detach(), x, 8)
+    with torch.no_grad():
+        y = x_test @ lin.weight.T  # the bias passes through unchanged in every variant
+        e_opt = _rel(x_test.double() @ w_opt.T, y.double())
+        e_aware = _rel(aware(x_test) - lin.bias, y)
+        e_free = _rel(free(x_test) - lin.bias, y)
+    assert e_aware <= 1.03 * e_opt, (e_aware, e_opt)
+    assert e_free > 1.3 * e_aware, (e_free, e_aware)
+    row = report["0"]
+    assert row.info["fit"] == "data-aware" and 0 < row.info["output_rel_error"] < 1
+    assert report.calibration["samples"] == 4096 and report.input_shape == (1, 64)
+
+
+def test_conv_relu_conv_stack_improves_on_held_out_inputs():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 48, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(48, 64, 3, padding=1, bias=False))
+
+    def images(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(n, 3, 16, 16, generator=g).cumsum(-1) / 4  # spatially correlated, like images
+
+    calib, held_out = images(256, 0), images(128, 1)
+    with torch.no_grad():
+        y = net(held_out)
+        errors = {}
+        for name, cal in (("free", None), ("aware", calib)):
+            model, _ = decomp.decompose(net, "tucker2", (6, 8), input_shape=(1, 3, 16, 16), calibration=cal,
+                                        overrides={"0": None})
+            errors[name] = _rel(model(held_out), y)
+    assert errors["aware"] < 0.75 * errors["free"], errors
+
+
+def test_asymmetric_fit_beats_fitting_each_layer_on_the_original_inputs():
+    """The second layer is fitted to the original network's outputs from the *decomposed* first
+    layer's outputs (Zhang et al.'s asymmetric reconstruction), which beats fitting it on the
+    original first layer's outputs and stacking the two."""
+    torch.manual_seed(3)
+    x = _anisotropic(d_in=32, seed=3)(4096)
+    net = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64))
+    with torch.no_grad():
+        y = net(x)
+        chained, _ = decomp.decompose(net, {"linear": "svd"}, overrides={"0": 6, "2": 12}, calibration=x)
+        first, _ = decomp.decompose(net, {"linear": "svd"}, overrides={"0": 6, "2": None}, calibration=x)
+        second, _ = decomp.decompose(net, {"linear": "svd"}, overrides={"0": None, "2": 12}, calibration=x)
+        stacked = nn.Sequential(first[0], nn.ReLU(), second[2])
+        assert _rel(chained(x), y) < 0.97 * _rel(stacked(x), y)
+
+
+def test_output_fit_with_exact_inputs_is_the_output_pca():
+    """With y_hat = y, M = U_r U_r^T, U the eigenvectors of E[y y^T]."""
+    y = torch.randn(1000, 6, dtype=torch.float64) @ torch.randn(6, 6, dtype=torch.float64)
+    s = y.T @ y / len(y)
+    fit = fit_output({"X": s, "S": s, "yy": float((y * y).sum(1).mean())})
+    p, q = fit.factors(3)
+    evecs = torch.linalg.eigh(s).eigenvectors[:, -3:]
+    torch.testing.assert_close(p @ q, evecs @ evecs.T, atol=1e-8, rtol=0)
+    assert fit.rel_error(6) == pytest.approx(0, abs=1e-6)
+
+
+def test_dataloader_of_pairs_equals_the_tensor(tmp_path):
+    x = _anisotropic()(1024)
+    net = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 40))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(len(x))), batch_size=256)
+    a, _ = decomp.decompose(net, {"linear": "svd"}, 6, calibration=x)
+    b, _ = decomp.decompose(net, {"linear": "svd"}, 6, calibration=loader)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), atol=1e-4, rtol=1e-4)
+
+
+def test_float64_and_spectrum_ranks_say_where_they_come_from():
+    x = _anisotropic()(2048).double()
+    net = nn.Sequential(nn.Linear(64, 48)).double()
+    model, report = decomp.decompose(net, {"linear": "svd"}, decomp.Energy(0.9), calibration=x)
+    assert next(model.parameters()).dtype == torch.float64
+    row = report["0"]
+    assert "output spectrum" in row.info["rank_from"] and row.ranks < 48
+    assert row.info["output_rel_error"] <= 0.1 ** 0.5 + 1e-6  # 90% of the output energy kept
+
+
+def test_cp_stays_data_free_and_says_so():
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    _, report = decomp.decompose(net, "cp", 4, calibration=torch.randn(8, 8, 12, 12))
+    assert all("data-free" in r.info["fit"] for r in report.decomposed)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.randn(4, 5), "per sample"),                        # 5 features for a 64-input model
+    (torch.randn(4, 64, dtype=torch.float64), "dtype"),
+    (torch.randn(0, 64), "empty"),
+    ([], "no batches"),
+    (iter([torch.randn(4, 64)]), "one-shot"),
+    ("data.pt", "tensor"),
+    (torch.randn(4, 64, device="meta"), "meta"),
+])
+def test_bad_calibration_is_refused_before_any_work(bad, match):
+    net = nn.Sequential(nn.Linear(64, 48))
+    with pytest.raises((ValueError, TypeError), match=match):
+        decomp.decompose(net, {"linear": "svd"}, 8, input_shape=(1, 64), calibration=bad)
+
+
+def test_without_calibration_the_result_is_unchanged():
+    net = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 40))
+    a, ra = decomp.decompose(net, {"linear": "svd"}, 6, input_shape=(1, 64))
+    b, rb = decomp.decompose(net, {"linear": "svd"}, 6, input_shape=(1, 64), calibration=None, budget=None)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert ra.calibration is None and ra.budget is None
