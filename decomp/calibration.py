@@ -42,7 +42,7 @@ from torch import nn
 from .layers import svd_conv1x1_layers, svd_linear_layers, tucker2_layers
 
 __all__ = ["Calibration", "as_calibration", "forward_order", "layer_moments", "OutputFit", "InputFit",
-           "fit_output", "fit_input", "svd_from_fit", "tucker2_input_stage", "tucker2_from_fits",
+           "fit_output", "fit_input_side", "InputSideFit", "fit_input", "svd_from_fit", "tucker2_input_stage", "tucker2_from_fits",
            "model_moments", "output_spectrum", "effective_weight"]
 
 _BATCH = 256  # images per forward pass when calibration is one tensor
@@ -188,13 +188,15 @@ def _run(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def layer_moments(original: nn.Module, current: nn.Module, name: str, calibration: Calibration, *,
-                  inputs: bool = False, candidate: nn.Module | None = None):
+                  inputs: bool = False, candidate: nn.Module | None = None, input_side: bool = False):
     """Streamed second moments at layer ``name``.
 
     ``inputs=True``: ``E[x_hat x_hat^T]`` of the layer's input channels in ``current``.
     Otherwise the output statistics of the fit: ``X = E[y y_hat^T]``, ``S = E[y_hat y_hat^T]``
     and ``E||y||^2``, where ``y`` is the layer's output in ``original`` and ``y_hat`` the
     output of ``candidate`` (default: the layer itself) on the layer's input in ``current``.
+    ``input_side=True`` (a Linear): ``Sxx = E[x_hat x_hat^T]``, ``Syx = E[(y - b) x_hat^T]``
+    and ``E||y - b||^2`` instead, for layers with fewer inputs than outputs.
     Returns float64 tensors (and the sample count).
     """
     layer = current.get_submodule(name)
@@ -220,6 +222,15 @@ def layer_moments(original: nn.Module, current: nn.Module, name: str, calibratio
             finally:
                 grab_out.remove()
             y = _rows(grab_out.value, dim)
+            if input_side:
+                if layer.bias is not None:
+                    y = y - layer.bias.double()
+                rows = _rows(x_hat, dim)
+                acc["Sxx"] = acc.get("Sxx", 0) + rows.T @ rows
+                acc["Syx"] = acc.get("Syx", 0) + y.T @ rows
+                acc["yy"] = acc.get("yy", 0) + (y * y).sum()
+                count += y.shape[0]
+                continue
             y_hat = _rows((candidate or layer)(x_hat), dim)
             acc["X"] = acc.get("X", 0) + y.T @ y_hat
             acc["S"] = acc.get("S", 0) + y_hat.T @ y_hat
@@ -239,19 +250,52 @@ def _psd_sqrt_pair(s: torch.Tensor, rel_floor: float = 1e-10) -> tuple[torch.Ten
     return (evecs * root) @ evecs.T, (evecs * inv_root) @ evecs.T
 
 
+def _cholesky(s: torch.Tensor, jitter: float = 1e-10) -> torch.Tensor:
+    """Lower Cholesky factor of ``S + jitter * mean(diag S) * I``: any square root of ``S``
+    whitens alike, and a Cholesky costs a fraction of an eigendecomposition. The jitter (raised
+    until the factorization succeeds) stands in for the pseudo-inverse on dead channels."""
+    s = (s + s.T) / 2
+    scale = float(s.diagonal().mean().clamp_min(torch.finfo(s.dtype).tiny))
+    eye = torch.eye(s.shape[0], dtype=s.dtype, device=s.device)
+    while True:
+        factor, info = torch.linalg.cholesky_ex(s + jitter * scale * eye)
+        if int(info) == 0:
+            return factor
+        jitter *= 100
+
+
+def _top_eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvectors and square-rooted eigenvalues of a Gram matrix, descending: the singular
+    vectors and values of its factor at the cost of a symmetric eigensolver (several times an
+    SVD's speed at fc sizes, where LAPACK's SVD is slowest on AMD CPUs)."""
+    evals, vecs = torch.linalg.eigh(gram)
+    return vecs.flip(1), evals.flip(0).clamp_min(0).sqrt()
+
+
 @dataclass
 class OutputFit:
-    """The output fit at one layer: ``y ~ M y_hat`` for every rank at once."""
+    """The output fit at one layer, ``y ~ M y_hat``, for every rank at once.
 
-    u: torch.Tensor            # (out, out) left singular vectors of X S^-1/2, descending
-    spectrum: torch.Tensor     # (out,) singular values of X S^-1/2: the output energy each keeps
-    x_s_pinv: torch.Tensor     # (out, out) X S^+: the unconstrained fit
+    The whitened problem is ``G = X L^-T`` (``S = L L^T``): its left singular vectors are those
+    of ``X S^-1/2``, since two square roots of ``S`` differ by a rotation on the right.
+    """
+
+    u: torch.Tensor            # (out, out) left singular vectors of G, descending
+    spectrum: torch.Tensor     # (out,) singular values of G: the output energy each keeps
+    x_s_pinv: torch.Tensor     # (out, out) X S^-1: the unconstrained fit
     total: float               # E||y||^2
 
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(P, Q)``: ``M = P Q`` with ``P = U_r`` (out x r), ``Q = U_r^T X S^+`` (r x out)."""
+        """``(P, Q)``: ``M = P Q`` with ``P = U_r`` (out x r), ``Q = U_r^T X S^-1`` (r x out)."""
         p = self.u[:, :rank]
         return p, p.T @ self.x_s_pinv
+
+    def layer_weights(self, layer: nn.Module, rank: int):
+        """(first, second, bias) of the two-layer SVD replacement: ``Q W``, ``P``, ``M b``."""
+        p, q = self.factors(rank)
+        w = layer.weight.detach().double().flatten(1)
+        bias = None if layer.bias is None else p @ (q @ layer.bias.detach().double())
+        return q @ w, p, bias
 
     def rel_error(self, rank: int) -> float:
         """Relative output error on the calibration data, sqrt(E||y - M y_hat||^2 / E||y||^2)."""
@@ -261,10 +305,35 @@ class OutputFit:
 
 @torch.no_grad()
 def fit_output(moments: dict) -> OutputFit:
-    half, inv_half = _psd_sqrt_pair(moments["S"])
-    g = moments["X"] @ inv_half
-    u, s, _ = torch.linalg.svd(g)
-    return OutputFit(u, s, g @ inv_half, float(moments["yy"]))
+    chol = _cholesky(moments["S"])
+    g = torch.linalg.solve_triangular(chol, moments["X"].T, upper=False).T   # X L^-T
+    u, s = _top_eigh(g @ g.T)
+    x_s_inv = torch.cholesky_solve(moments["X"].T, chol).T                  # X S^-1
+    return OutputFit(u, s, x_s_inv, float(moments["yy"]))
+
+
+@dataclass
+class InputSideFit(OutputFit):
+    """The same optimum reached from the input side, for a Linear with fewer inputs than outputs:
+    ``W' = [Syx Sxx^-1/2]_r Sxx^-1/2`` fitted to ``y - b`` (``in x in`` statistics only)."""
+
+    v: torch.Tensor = None          # (in, in) right singular vectors of G = Syx L^-T
+    g: torch.Tensor = None          # (out, in) G
+    chol: torch.Tensor = None       # L, Sxx = L L^T
+
+    def layer_weights(self, layer: nn.Module, rank: int):
+        v = self.v[:, :rank]
+        first = torch.linalg.solve_triangular(self.chol.T, v, upper=True).T           # V_r^T L^-1
+        bias = None if layer.bias is None else layer.bias.detach().double()
+        return first, self.g @ v, bias
+
+
+@torch.no_grad()
+def fit_input_side(moments: dict) -> InputSideFit:
+    chol = _cholesky(moments["Sxx"])
+    g = torch.linalg.solve_triangular(chol, moments["Syx"].T, upper=False).T  # Syx L^-T
+    v, s = _top_eigh(g.T @ g)
+    return InputSideFit(u=None, spectrum=s, x_s_pinv=None, total=float(moments["yy"]), v=v, g=g, chol=chol)
 
 
 @dataclass
@@ -296,15 +365,14 @@ def fit_input(weight: torch.Tensor, moments: dict) -> InputFit:
 
 @torch.no_grad()
 def svd_from_fit(layer: nn.Module, fit: OutputFit, rank: int) -> nn.Sequential:
-    """The two-layer SVD replacement of a Linear or 1x1 conv: ``Q W`` to ``rank``, then ``P`` (+ ``M b``)."""
-    p, q = fit.factors(rank)
-    w = layer.weight.double().flatten(1)  # (out, in)
+    """The two-layer SVD replacement of a Linear or 1x1 conv from an output or input-side fit."""
+    first, second, bias = fit.layer_weights(layer, rank)
     build = svd_linear_layers if isinstance(layer, nn.Linear) else svd_conv1x1_layers
     new = build(layer, rank, device="meta").to_empty(device=layer.weight.device)
-    new[0].weight.copy_((q @ w).reshape(new[0].weight.shape))
-    new[1].weight.copy_(p.reshape(new[1].weight.shape))
-    if layer.bias is not None:
-        new[1].bias.copy_(p @ (q @ layer.bias.double()))
+    new[0].weight.copy_(first.reshape(new[0].weight.shape))
+    new[1].weight.copy_(second.reshape(new[1].weight.shape))
+    if bias is not None:
+        new[1].bias.copy_(bias)
     return new
 
 

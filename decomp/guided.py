@@ -128,7 +128,10 @@ def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, ra
     given = None if from_spectrum else resolve_rank(policy, w, method, name)
     rank_from = "output spectrum on the calibration data" if from_spectrum else "given"
     if method == "svd":
-        fit = C.fit_output(C.layer_moments(original, current, name, cal)[0])
+        if isinstance(layer, nn.Linear) and layer.in_features < layer.out_features:
+            fit = C.fit_input_side(C.layer_moments(original, current, name, cal, input_side=True)[0])
+        else:  # output statistics (out x out): no in x in covariance of a 25088-input fc6
+            fit = C.fit_output(C.layer_moments(original, current, name, cal)[0])
         ranks = given if given is not None else rank_from_spectrum(policy, fit.spectrum, tuple(w.flatten(1).shape))
 
         def factorize(r):
