@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from decomp.cli._config import ArgumentParser
 from decomp.experiments.cifar10_outputs import write_outputs
 from decomp.experiments.data import load_cifar10
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
@@ -60,8 +61,13 @@ def parse_models(text: str) -> tuple:
     return tuple(models)
 
 
+class UsageError(ValueError):
+    """A bad argument found after parsing (``--variants``, ``--data``): ``main`` turns it into the
+    parser's one-line error, exit code 2. The message starts with ``argument --NAME:``."""
+
+
 def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
     p.add_argument("--data", default=None, help="CIFAR-10 path (default: the shared JPEG archive "
                    "for cpu/gpu, the embedded subset for smoke)")
@@ -92,6 +98,7 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     a.prog = prog
+    a.parser = p  # main reports a UsageError of select_variants / data_path through it
     prof = PROFILES[a.profile]
     over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
                               ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs), ("ft_distill", a.ft_distill),
@@ -110,8 +117,8 @@ def data_path(prof: Profile, data: str | None) -> str | None:
         return None
     if SHARED_JPEG.is_file():
         return str(SHARED_JPEG)
-    raise SystemExit(
-        f"--profile {prof.name} needs full CIFAR-10 and {SHARED_JPEG} is not there. Pass --data PATH: "
+    raise UsageError(
+        f"argument --data: --profile {prof.name} needs full CIFAR-10 and {SHARED_JPEG} is not there; pass --data PATH: "
         "a folder with cifar-10-batches-py (python -c \"import torchvision; "
         "torchvision.datasets.CIFAR10('data', download=True)\" then --data data), or a folder / "
         ".tar.gz with train/<class>/*.jpg and test/<class>/*.jpg.")
@@ -152,7 +159,7 @@ def select_variants(prof: Profile) -> list:
     if prof.variants:
         unknown = sorted(set(prof.variants) - {v.name for v in table})
         if unknown:
-            raise SystemExit(f"--variants {','.join(prof.variants)}: {unknown} not in the grid of profile "
+            raise UsageError(f"argument --variants: {','.join(prof.variants)}: {unknown} not in the grid of profile "
                              f"{prof.name!r}; choose from {[v.name for v in table]}")
         table = [v for v in table if v.name in prof.variants]
     return table
@@ -175,10 +182,14 @@ def main(argv=None, prog: str | None = None) -> None:
     stage_s: dict = {}
     log = lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")  # noqa: E731
 
-    grid = select_variants(prof)  # a bad --variants fails now, not after training
+    try:  # a bad --variants or a missing --data fails now, not after training
+        grid = select_variants(prof)
+        path = data_path(prof, args.data)
+    except UsageError as e:
+        args.parser.error(str(e))
     # (1) data
     start = time.perf_counter()
-    data = load_cifar10(data_path(prof, args.data), cache_dir=args.data_cache)
+    data = load_cifar10(path, cache_dir=args.data_cache)
     test = subset(data.test, prof.test_images, prof.seed)
     data = type(data)(data.train, test, data.description)
     ft_train = subset(data.train, prof.ft_images, prof.seed)
