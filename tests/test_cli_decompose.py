@@ -40,6 +40,13 @@ def decompose_tiny(capsys, tmp_path, *extra):
     return out, state, stdout
 
 
+def save_calibration(path, n=32, shape=(3, 16, 16), key=None):
+    """``n`` random inputs of tiny_net, saved as a tensor (or as a dict under ``key``)."""
+    inputs = torch.randn((n, *shape), generator=torch.Generator().manual_seed(2))
+    torch.save(inputs if key is None else {key: inputs, "labels": torch.zeros(n, dtype=torch.long)}, path)
+    return inputs
+
+
 def test_alexnet_command_rebuilds_to_the_in_memory_result(capsys, tmp_path):
     torch.manual_seed(0)
     model = torchvision.models.alexnet().eval()
@@ -154,3 +161,81 @@ def test_failure_while_writing_keeps_the_old_out_and_leaves_no_temporary(capsys,
     assert code == 1 and f"writing {out} failed" in err and "No space left" in err
     assert [p.name for p in out.iterdir()] == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.parametrize("key", [None, "images"])
+def test_calibration_fits_the_layers_to_the_data_and_gives_the_input_shape(capsys, tmp_path, key):
+    inputs = save_calibration(tmp_path / "cal.pt", key=key)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "decompose", "--model", TINY, "--method", "conv=tucker2,linear=svd",
+                                "--rank", "1/3", "--calibration", tmp_path / "cal.pt", "--out", out, "--no-progress")
+    assert code == 0, err
+    skeleton, plan = rebuild(tiny_net(), out)
+    decomposed = [r for r in plan["layers"] if not r["skipped"]]
+    assert decomposed and all(r["info"]["fit"] == "data-aware" for r in decomposed)
+    assert plan["input_shape"] == [1, 3, 16, 16]  # one sample of the calibration, not 1,3,224,224
+    assert {k: plan["calibration"][k] for k in ("file", "samples", "sample_shape")} == {
+        "file": str(tmp_path / "cal.pt"), "samples": 32, "sample_shape": [3, 16, 16]}
+    assert "budget" not in plan and "calibration inputs" in stdout
+    assert f"calibration {tmp_path / 'cal.pt'}" in (out / "report.md").read_text()
+
+    expected, report = decomp.decompose(tiny_net(), {"conv": "tucker2", "linear": "svd"}, 1 / 3, calibration=inputs)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(skeleton(x), expected.eval()(x))
+    assert [r["ranks"] for r in plan["layers"]] == [r["ranks"] for r in json.loads(json.dumps(report.to_records()))]
+
+
+def test_an_explicit_input_shape_is_kept_with_calibration(capsys, tmp_path):
+    save_calibration(tmp_path / "cal.pt")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "decompose", "--model", TINY, "--method", "svd", "--rank", "0.5",
+                           "--calibration", tmp_path / "cal.pt", "--input-shape", "4,3,16,16", "--out", out,
+                           "--no-progress")
+    assert code == 0, err
+    assert json.loads((out / "plan.json").read_text())["input_shape"] == [4, 3, 16, 16]
+
+
+def test_budget_chooses_the_ranks_for_the_mac_target(capsys, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "decompose", "--model", TINY, "--method", "conv=tucker2,linear=svd",
+                                "--budget", "macs:2", "--input-shape", INPUT_SHAPE, "--out", out, "--no-progress")
+    assert code == 0, err
+    plan = json.loads((out / "plan.json").read_text())
+    assert 1.9 <= plan["totals"]["mac_reduction"] <= 2.3
+    assert plan["rank"] is None and plan["budget"]["target"] == "MACs(x2)" and "calibration" not in plan
+    assert plan["budget"]["reached"] == pytest.approx(plan["totals"]["mac_reduction"])
+    assert "budget MACs(x2)" in stdout and "budget macs:2" in (out / "report.md").read_text()
+    skeleton, _ = rebuild(tiny_net(), out)
+    assert decomp.count_macs(skeleton, (1, 3, 16, 16)) == plan["totals"]["macs_after"]
+
+
+def test_budget_with_calibration_reads_the_errors_from_the_data(capsys, tmp_path):
+    save_calibration(tmp_path / "cal.pt")
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "decompose", "--model", TINY, "--method", "tucker2", "--budget", "macs:2",
+                           "--calibration", tmp_path / "cal.pt", "--out", out, "--no-progress")
+    assert code == 0, err
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["budget"]["errors_from"].startswith("calibration") and plan["calibration"]["samples"] == 32
+    assert 1.9 <= plan["totals"]["mac_reduction"] <= 2.3
+
+
+def test_latency_budget_reaches_the_library_with_its_threads(capsys, tmp_path, monkeypatch):
+    given = {}
+
+    def record(model, **kwargs):
+        given.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(cli_decompose, "decompose_model", record)
+    code, _, err = run_cli(capsys, "decompose", "--model", TINY, "--method", "tucker2", "--budget", "latency:1.5",
+                           "--budget-threads", "2", "--input-shape", INPUT_SHAPE, "--out", tmp_path / "out",
+                           "--no-progress")
+    assert code == 1 and "stop here" in err
+    assert given["budget"] == decomp.Latency(1.5, threads=2) and given["rank"] is None
+    assert given["calibration"] is None and given["input_shape"] == (1, 3, 16, 16)
+    code, _, _ = run_cli(capsys, "decompose", "--model", TINY, "--method", "tucker2", "--budget", "latency:2",
+                         "--out", tmp_path / "out", "--no-progress")
+    assert code == 1 and given["budget"] == decomp.Latency(2, threads=1)
+    assert given["input_shape"] == (1, 3, 224, 224)  # the default without --calibration

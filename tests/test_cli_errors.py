@@ -130,9 +130,91 @@ def test_bad_numbers(capsys, tmp_path, no_work, flag, value):
 
 
 def test_missing_required_argument(capsys, tmp_path, no_work):
+    code, _, err = run_cli(capsys, *argv(tmp_path / "out", method=None))
+    assert code == 2 and err.strip().splitlines() == [
+        "decomp decompose: error: the following arguments are required: --method"]
     code, _, err = run_cli(capsys, *argv(tmp_path / "out", rank=None))
     assert code == 2 and err.strip().splitlines() == [
-        "decomp decompose: error: the following arguments are required: --rank"]
+        "decomp decompose: error: one of the arguments --rank --budget is required"]
+
+
+@pytest.mark.parametrize("budget", ["macs:1", "macs:0.5", "flops:2", "latency:x", "macs", "macs:", "macs:inf",
+                                    "latency:nan", "4"])
+def test_bad_budget(capsys, tmp_path, no_work, budget):
+    code, _, err = run_cli(capsys, *argv(tmp_path / "out", rank=None, budget=budget))
+    assert_one_line_error(code, err, "--budget", budget)
+    assert "allowed: macs:X" in err and "latency:X" in err
+
+
+def test_budget_and_rank_together(capsys, tmp_path, no_work):
+    code, _, err = run_cli(capsys, *argv(tmp_path / "out", budget="macs:2"))
+    assert_one_line_error(code, err, "--budget", "macs:2")
+    assert "--rank 1/3" in err and "not both" in err
+
+
+@pytest.mark.parametrize("budget", [None, "macs:2"])
+def test_budget_threads_only_with_a_latency_budget(capsys, tmp_path, no_work, budget):
+    rank = "1/3" if budget is None else None
+    code, _, err = run_cli(capsys, *argv(tmp_path / "out", rank=rank, budget=budget, budget_threads="2"))
+    assert_one_line_error(code, err, "--budget-threads", "2")
+    assert "latency:X" in err
+    code, _, err = run_cli(capsys, *argv(tmp_path / "out", rank=None, budget="latency:2", budget_threads="0"))
+    assert_one_line_error(code, err, "--budget-threads", "0")
+
+
+def test_budget_with_cp(capsys, tmp_path, no_work):
+    code, _, err = run_cli(capsys, *argv(tmp_path / "out", rank=None, budget="macs:2", method="cp"))
+    assert_one_line_error(code, err, "--budget", "macs:2")
+    assert "--method cp" in err
+
+
+def save_calibration(path, shape=(32, 3, 16, 16), **kwargs):
+    torch.save(torch.randn(shape, **kwargs), path)
+    return path
+
+
+@pytest.mark.parametrize("input_shape", [INPUT_SHAPE, None])
+def test_calibration_of_another_sample_shape(capsys, tmp_path, no_work, input_shape):
+    path = save_calibration(tmp_path / "cal.pt", (32, 4, 16, 16))
+    code, _, err = run_cli(capsys, *argv(tmp_path / "out", input_shape=input_shape, calibration=path))
+    assert_one_line_error(code, err, "--calibration", str(path))
+    assert "(4, 16, 16) per sample" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibration_file_missing(capsys, tmp_path, no_work):
+    path = tmp_path / "nope.pt"
+    code, _, err = run_cli(capsys, *argv(tmp_path / "out", calibration=path))
+    assert_one_line_error(code, err, "--calibration", str(path))
+    assert "does not exist" in err
+
+
+def test_calibration_that_is_not_a_float_tensor_batch(capsys, tmp_path, no_work):
+    cases = {"text.pt": b"not a torch file", "list.pt": [torch.zeros(2, 3, 16, 16)],
+             "dict.pt": {"x": torch.zeros(2, 3, 16, 16)}, "labels.pt": torch.zeros(32, dtype=torch.uint8),
+             "uint8.pt": torch.zeros(32, 3, 16, 16, dtype=torch.uint8), "flat.pt": torch.zeros(32),
+             "empty.pt": torch.zeros(0, 3, 16, 16), "module.pt": torch.nn.Linear(2, 2)}
+    says = {"text.pt": "cannot be read", "list.pt": "holds a list, not a tensor", "dict.pt": "'inputs' or 'images'",
+            "labels.pt": "torch.uint8", "uint8.pt": "floating tensor", "flat.pt": "batch first",
+            "empty.pt": "empty", "module.pt": "cannot be read"}
+    for name, content in cases.items():
+        path = tmp_path / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        code, _, err = run_cli(capsys, *argv(tmp_path / "out", calibration=path))
+        assert_one_line_error(code, err, "--calibration", str(path))
+        assert says[name] in err, err
+
+
+def test_calibration_in_another_float_dtype_is_converted(capsys, tmp_path, monkeypatch):
+    given = {}
+    monkeypatch.setattr(cli_decompose, "decompose_model", lambda model, **kw: given.update(kw) or 1 / 0)
+    path = save_calibration(tmp_path / "cal.pt", dtype=torch.float64)
+    code, _, _ = run_cli(capsys, *argv(tmp_path / "out", input_shape=None, calibration=path))
+    assert code == 1 and given["calibration"].dtype == torch.float32 and given["calibration"].shape == (32, 3, 16, 16)
+    assert given["input_shape"] == (1, 3, 16, 16) and given["budget"] is None
 
 
 def test_unknown_subcommand(capsys):

@@ -1,5 +1,5 @@
 """The model of ``decomp decompose``: built from ``--model``, given ``--weights``, checked against
-``--input-shape`` and ``--override``, all before any factor is computed.
+``--calibration``, ``--input-shape`` and ``--override``, all before any factor is computed.
 
 Every function raises ``ValueError`` with a one-line message that says what is wrong and what
 is allowed; the caller turns it into ``parser.error`` for the argument concerned.
@@ -20,9 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from decomp.calibration import Calibration, as_calibration
 from decomp.measure import meta_clone
 
 MODEL_ALLOWED = "torchvision:NAME (a torchvision classification model, random init) or module:callable"
+CALIBRATION_ALLOWED = ("a floating tensor of model inputs (N,C,H,W) saved with torch.save, or a dict with one "
+                       "under 'inputs' or 'images'")
 
 
 def _one_line(error: BaseException) -> str:
@@ -98,6 +101,49 @@ def read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state_dict; allowed: a dict of "
                          f"tensors, or a dict with one under 'model' or 'state_dict'")
     return obj
+
+
+def read_calibration(path: Path) -> torch.Tensor:
+    """Model inputs saved with ``torch.save``: a tensor, or a dict with one under ``"inputs"`` or
+    ``"images"``; read with ``weights_only=True``. It must be floating point (images as the model
+    takes them, normalised); its shape is checked against the model by :func:`check_calibration`."""
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist or is not a file; allowed: {CALIBRATION_ALLOWED}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} cannot be read by torch.load(weights_only=True) ({type(e).__name__}: "
+                         f"{_one_line(e)[:200]}); allowed: {CALIBRATION_ALLOWED}") from None
+    what = f"a {type(obj).__name__}, not a tensor"
+    if isinstance(obj, Mapping):
+        obj = next((obj[k] for k in ("inputs", "images") if isinstance(obj.get(k), torch.Tensor)), None)
+        what = "a dict without an 'inputs' or 'images' tensor"
+    if not isinstance(obj, torch.Tensor):
+        raise ValueError(f"{path} holds {what}; allowed: {CALIBRATION_ALLOWED}")
+    if not obj.is_floating_point():
+        raise ValueError(f"{path} holds a {obj.dtype} tensor of shape {tuple(obj.shape)}; allowed: a floating "
+                         "tensor (images converted to float and normalised as the model expects)")
+    if obj.ndim < 2:
+        raise ValueError(f"{path} holds a tensor of shape {tuple(obj.shape)}; allowed: a batch of inputs, "
+                         "batch first (N,C,H,W)")
+    return obj
+
+
+def check_calibration(model: nn.Module, inputs: torch.Tensor, input_shape: tuple[int, ...] | None,
+                      path: Path) -> Calibration:
+    """``inputs`` in the model's dtype, checked by the library (:func:`decomp.calibration.as_calibration`):
+    non-empty, and one sample of ``input_shape``'s shape when that is given."""
+    dtype = next((p.dtype for p in model.parameters()), inputs.dtype)
+    inputs = inputs.to(dtype) if inputs.dtype != dtype and dtype.is_floating_point else inputs
+    if input_shape is not None and tuple(inputs.shape[1:]) != tuple(input_shape[1:]):
+        raise ValueError(f"{path} holds inputs of shape {tuple(inputs.shape[1:])} per sample, --input-shape "
+                         f"{','.join(map(str, input_shape))} has {tuple(input_shape[1:])}; allowed: the same "
+                         "shape per sample, or no --input-shape (then it is one sample of the calibration)")
+    try:
+        return as_calibration(inputs, model, input_shape)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} (shape {tuple(inputs.shape)}): {_one_line(e)}; "
+                         f"allowed: {CALIBRATION_ALLOWED}") from None
 
 
 def _some(names: Iterable[str], n: int = 3) -> str:

@@ -14,11 +14,14 @@ import fractions
 import math
 from typing import Any, NamedTuple
 
+from decomp.budget import parse_budget as _parse_budget
 from decomp.model import METHOD_PRESETS, _method_table
 from decomp.rank import VBMF, Energy, as_policy
 
 RANK_ALLOWED = ("an int >= 1 (64), a Tucker-2 pair R_IN,R_OUT (32,48), a fraction in (0, 1] (1/3 or 0.25), "
                 "vbmf, vbmf:F with F in [0, 1] (weakened toward the full rank), energy:E with E in (0, 1]")
+BUDGET_ALLOWED = ("macs:X (X times fewer MACs) or latency:X (X times faster, timed at --input-shape on the CPU "
+                  "at --budget-threads threads), X a number > 1 (macs:4, latency:2)")
 METHOD_ALLOWED = (f"a preset ({', '.join(sorted(METHOD_PRESETS))}) or KIND=METHOD,... with KIND conv, "
                   "conv1x1 or linear and METHOD tucker2, cp, svd or none (e.g. conv=tucker2,linear=svd)")
 
@@ -55,6 +58,15 @@ def parse_rank(text: str) -> Given:
     except (ValueError, TypeError, ZeroDivisionError) as e:
         reason = "division by zero" if isinstance(e, ZeroDivisionError) else _one_line(e)
         raise argparse.ArgumentTypeError(f"{text} is not allowed ({reason}); allowed: {RANK_ALLOWED}") from None
+
+
+def parse_budget(text: str) -> Given:
+    """``macs:4``, ``latency:2``: :func:`decomp.budget.parse_budget`."""
+    try:
+        return Given(text, _parse_budget(text.strip()))
+    except ValueError as e:
+        reason = _one_line(e).rstrip(".")
+        raise argparse.ArgumentTypeError(f"{text} is not allowed ({reason}); allowed: {BUDGET_ALLOWED}") from None
 
 
 def parse_override(text: str) -> tuple[str, Given]:
