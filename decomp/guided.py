@@ -60,6 +60,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
                                  "Use method='tucker2' / 'svd', or fix that layer's rank with overrides.")
     first = next(iter(cal.batches())) if cal is not None else None
     order = C.forward_order(new_model, list(candidates), first) if cal is not None and candidates else list(candidates)
+    scales = C.following_batchnorm_scales(new_model, list(candidates), first) if cal is not None and candidates else {}
 
     searched, budget_info = {}, None
     if budget is not None:
@@ -83,7 +84,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
             policy = searched[name]
         if cal is not None and method in ("svd", "tucker2"):
             row, new_layer = _fit_layer(model, new_model, name, layer, shapes.get(name), method, policy, cal,
-                                        rank_multiple, min_speedup)
+                                        rank_multiple, min_speedup, scales.get(name))
         else:
             ranks = resolve_rank(policy, layer.weight, method, name)
             row, new_layer = _realise(name, layer, shapes.get(name), method, ranks, method_options,
@@ -122,7 +123,8 @@ def _kept_row(name, layer, in_shape, method, budget) -> LayerReport:
 # Data-aware fit of one layer
 
 
-def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, rank_multiple, min_speedup):
+def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, rank_multiple, min_speedup,
+               scale=None):
     w = layer.weight
     from_spectrum = isinstance(policy, _SPECTRUM_POLICIES)
     given = None if from_spectrum else resolve_rank(policy, w, method, name)
@@ -131,7 +133,7 @@ def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, ra
         if isinstance(layer, nn.Linear) and layer.in_features < layer.out_features:
             fit = C.fit_input_side(C.layer_moments(original, current, name, cal, input_side=True)[0])
         else:  # output statistics (out x out): no in x in covariance of a 25088-input fc6
-            fit = C.fit_output(C.layer_moments(original, current, name, cal)[0])
+            fit = C.fit_output(C.layer_moments(original, current, name, cal, scale=scale)[0], scale)
         ranks = given if given is not None else rank_from_spectrum(policy, fit.spectrum, tuple(w.flatten(1).shape))
 
         def factorize(r):
@@ -139,14 +141,21 @@ def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, ra
             return new, _fit_info(layer, new, "svd", fit.rel_error(r), rank_from)
         return _realise(name, layer, in_shape, "svd", ranks, {}, rank_multiple, min_speedup, factorize)
 
+    if layer.padding_mode != "zeros":  # the core's patches are read with zero padding
+        ranks = resolve_rank(policy, w, method, name)
+        row, new = _realise(name, layer, in_shape, method, ranks, {}, rank_multiple, min_speedup)
+        if new is not None:
+            row.info["fit"] = f"data-free: padding_mode={layer.padding_mode!r} is fitted from the weights only"
+        return row, new
     t, s = w.shape[:2]
     taps = w.shape[2] * w.shape[3]
-    fin = C.fit_input(w, C.layer_moments(original, current, name, cal, inputs=True)[0])
+    fin = C.fit_input(w, C.layer_moments(original, current, name, cal, inputs=True)[0], scale)
     r_in = given[0] if given is not None else rank_from_spectrum(policy, fin.spectrum, (s, t * taps))
     r_in = _round_up((r_in, 1), rank_multiple, "tucker2", w)[0]
     r_in = max(1, min(r_in, s))
     stage = C.tucker2_input_stage(layer, fin, r_in)
-    fout = C.fit_output(C.layer_moments(original, current, name, cal, candidate=stage)[0])
+    fout = C.fit_output(C.layer_moments(original, current, name, cal, candidate=stage, scale=scale)[0], scale,
+                        rhs_scaled=False)
     r_out = given[1] if given is not None else rank_from_spectrum(policy, fout.spectrum, (t, s * taps))
     if from_spectrum:
         rank_from = "whitened input-mode spectrum (R_in) and output spectrum (R_out) on the calibration data"

@@ -108,7 +108,7 @@ def follow_up_lines() -> list[str]:
     lines = []
     for path in sorted((ROOT / "results/cifar10").glob("*/summary.csv")):
         name = path.parent.name
-        if name in ("smoke", "cpu", "gpu"):
+        if name in ("smoke", "cpu", "gpu") or name in ACCURACY_RUNS:
             continue
         side = json.loads(path.with_name("summary.csv.json").read_text())
         where = _timed_on(side)
@@ -178,8 +178,57 @@ def _cifar_rows(rows) -> list[str]:
     return out + [""] + tucker_lines
 
 
+ACCURACY_RUNS = ("cpu_e40", "cpu_e40_ft1")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
+
+
+def accuracy_at_speed_lines() -> list[str]:
+    """Per run: every variant against the baseline and the control, raw / BN-recalibrated /
+    fine-tuned top-1, MACs and measured CPU batch-1 speed-up, then the budget checks."""
+    lines = []
+    for name in ACCURACY_RUNS:
+        path = ROOT / f"results/cifar10/{name}/summary.csv"
+        if not path.exists():
+            continue
+        rows, side = read_csv(path), json.loads(path.with_name("summary.csv.json").read_text())
+        control = {c["model"]: c for c in read_csv(path.with_name("control.csv"))} if path.with_name(
+            "control.csv").exists() else {}
+        base = next(r for r in rows if r["variant"] == "baseline")
+        c = control.get(base["model"])
+        epochs = next((r["finetune_epochs"] for r in rows if r["variant"] != "baseline"), "?")
+        lines += [f"**Accuracy at speed, `{name}`** ([`results/cifar10/{name}/`](results/cifar10/{name}/README.md); "
+                  f"`{side.get('command')}`; timed on {_timed_on(side)}): {base['model']} baseline "
+                  f"{100 * float(base['top1_after']):.2f}%"
+                  + (f", control (fine-tuned alike, {c['finetune_epochs']} epochs) {100 * float(c['top1_after']):.2f}%"
+                     if c else "") + f"; every variant fine-tuned {int(float(epochs))} epochs:", "",
+                  "| variant | fit | top-1 decomposed | after BN recal. | after FT | Δ vs baseline | Δ vs control "
+                  "| MACs × | CPU b1 speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["variant"] == "baseline":
+                continue
+            vs_control = f"{100 * (float(r['top1_after']) - float(c['top1_after'])):+.2f}" if c else ""
+            lines.append(f"| {r['variant']} | {r.get('fit') or 'data-free'} | {100 * float(r['top1_before_raw']):.2f}% "
+                         f"| {100 * float(r['top1_before']):.2f}% | {100 * float(r['top1_after']):.2f}% "
+                         f"| {float(r['delta_points']):+.2f} | {vs_control} | x{float(r['macs_x']):.2f} "
+                         f"| **x{float(r['cpu_b1_speedup']):.2f}** |")
+        lines.append("")
+    for name, what in (("macs", "`decomp.MACs(x)` on torchvision's VGG16 at 224 (MACs reached)"),
+                       ("latency", "`decomp.Latency(x)`, re-timed in a fresh process against the original")):
+        path = ROOT / f"results/budget/{name}.csv"
+        if not path.exists():
+            continue
+        cells = []
+        for r in read_csv(path):
+            if name == "macs":
+                cells.append(f"{r['target']}: x{float(r['reached']):.2f} (search {float(r['search_s']):.0f} s)")
+            else:
+                cells.append(f"{r['target']}: x{float(r['fresh_process_speedup']):.2f} measured "
+                             f"(search's own timing x{float(r['search_measured']):.2f}, search {float(r['search_s']):.0f} s)")
+        lines.append(f"- {what}, [`results/budget/{name}.md`](results/budget/{name}.md): " + "; ".join(cells))
+    return lines + ([""] if lines else [])
+
+
 def render() -> str:
-    body = cp_als_lines() + layer_lines() + cifar_lines()
+    body = cp_als_lines() + layer_lines() + accuracy_at_speed_lines() + cifar_lines()
     if not body:
         body = ["No results yet: run the scripts listed above.", ""]
     return "\n".join([START, "", *body, END])

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile
-from decomp.experiments.reproduce import best_speedups, claims_markdown, plot_accuracy_vs_speedup, plot_layer_speedups
+from decomp.experiments.reproduce import Variant, best_speedups, claims_markdown, plot_accuracy_vs_speedup, plot_layer_speedups
 from decomp.experiments.runinfo import atomic_write_text, write_sidecar
 from decomp.experiments.train import TrainConfig
 
@@ -29,7 +29,7 @@ def _markdown_table(df, columns: dict) -> str:
                 cells.append("")
             elif c in ("top1_base", "top1_before_raw", "top1_before", "top1_after"):
                 cells.append(f"{100 * v:.2f}")
-            elif c == "delta_points":
+            elif c in ("delta_points", "delta_control_points"):
                 cells.append(f"{v:+.2f}")
             elif c.endswith("_x") or c.endswith("_speedup"):
                 cells.append(f"x{v:.2f}")
@@ -46,6 +46,11 @@ def summary_columns(df) -> dict:
             "top1_before_raw": "top-1 decomposed (%)", "top1_before": "top-1 after BN recal. (%)",
             "top1_after": "top-1 after FT (%)", "delta_points": "Δ (points)", "params_x": "params ×",
             "macs_x": "MACs ×"}
+    if "delta_control_points" in df.columns:
+        cols["delta_points"] = "Δ vs baseline"
+        cols["delta_control_points"] = "Δ vs control"
+    if "fit" in df.columns:
+        cols = {"fit": "fit", **cols}
     for c in df.columns:
         if c.endswith("_speedup"):
             dev, b = c.split("_")[0], c.split("_b")[1].split("_")[0]
@@ -59,6 +64,10 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s, con
 
     out: Path = args.out
     df = pd.DataFrame(rows)
+    if controls:  # the cost of the decomposition itself: against the baseline fine-tuned alike
+        control_of = {c["model"]: c["top1_after"] for c in controls}
+        df["delta_control_points"] = [100 * (r["top1_after"] - control_of[r["model"]])
+                                      if r["model"] in control_of else None for r in rows]
     extra = {"profile": asdict(prof), "seed": prof.seed, "torch_threads_train": torch.get_num_threads(),
              "timing": {"cpu": "1 thread, thread CPU clock, interleaved with the baseline",
                         "gpu": "wall clock, synchronised" if torch.cuda.is_available() else None},
@@ -87,13 +96,30 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s, con
         del lcols["measured_speedup"]  # no speed guard in this profile: nothing was timed
     save_text("layers.md", "# Per-layer decompositions\n\n" + _markdown_table(ldf_md, lcols))
     if len(df) > len(prof.models):
-        plot_accuracy_vs_speedup(df, out / "accuracy_vs_speedup.png")
+        plot_accuracy_vs_speedup(df, out / "accuracy_vs_speedup.png", controls)
         write_sidecar(out / "accuracy_vs_speedup.png", command=command, extra=extra)
     if plot_layer_speedups(ldf, out / "layer_speedups.png", prof.min_speedup) is not None:
         write_sidecar(out / "layer_speedups.png", command=command, extra=extra)
     if controls:
         save_text("control.csv", pd.DataFrame(controls).to_csv(index=False))
     save_text("README.md", readme(df, prof, command, data_desc, stage_s, skipped, controls))
+
+
+def guided_doc(prof: Profile) -> str:
+    """What the data-aware and budgeted variants do, when the profile has them."""
+    if not prof.aware:
+        return ""
+    text = (f"- Data-aware variants (`@aware-...`): `decompose(..., calibration=...)` on {prof.calibration_images}\n"
+            "  unaugmented training images (a seeded subset): SVD and Tucker-2 factors fitted to each layer's\n"
+            "  responses against the original network's outputs, in forward order (`decomp.calibration`);\n"
+            "  VBMF reads the data-aware spectra. The same fine-tuning as every other variant follows.\n")
+    if prof.budgets:
+        text += (f"- Budgeted variants ({', '.join(f'`@{Variant(prof.aware[0], None, 0.0, budget=b).rank_label}`' for b in prof.budgets)}): "
+                 "`decompose(..., budget=decomp.Latency(x))`\n"
+                 "  or `decomp.MACs(x)` with the same calibration data: the ranks of all layers chosen together under\n"
+                 "  one measured batch-1 CPU latency (1 thread) or MAC target (`decomp.budget`); `budget_reached`\n"
+                 "  in `summary.csv` is what the search measured, the speedup columns are re-timed after fine-tuning.\n")
+    return text
 
 
 def distill_text(prof: Profile) -> str:
@@ -160,12 +186,16 @@ def readme(df, prof: Profile, command: str | None, data_desc: dict, stage_s: dic
             f"  weights) before any factor is computed, and kept as it was unless it runs at least\n"
             f"  x{prof.min_speedup:g} faster (`measured_speedup` in `layers.md`, `layer_speedups.png`).\n")
     best = []
-    for drop in (1.0, 3.0):
-        for col in [c for c in df.columns if c.endswith("_speedup")]:
-            b = best_speedups(df, drop, col)
-            for _, r in b.iterrows():
-                best.append(f"- {r['model']}, ≤ {drop:g} point(s) top-1 lost, {col}: "
-                            f"**x{r[col]:.2f}** ({r['variant']}, Δ {r['delta_points']:+.2f})")
+    against = [("delta_points", "the baseline", (1.0, 3.0))]
+    if "delta_control_points" in df.columns:
+        against.append(("delta_control_points", "the control", (0.5, 1.0, 3.0)))
+    for delta, whom, drops in against:
+        for drop in drops:
+            for col in [c for c in df.columns if c.endswith("_speedup")]:
+                b = best_speedups(df, drop, col, delta)
+                for _, r in b.iterrows():
+                    best.append(f"- {r['model']}, ≤ {drop:g} point(s) top-1 lost against {whom}, {col}: "
+                                f"**x{r[col]:.2f}** ({r['variant']}, Δ {r[delta]:+.2f})")
     fields_doc = "\n".join(f"| `{f.name}` | {getattr(prof, f.name)!r} |" for f in fields(prof))
     return f"""# CIFAR-10 reproduction of the speedup/accuracy claims (profile `{prof.name}`)
 
@@ -204,7 +234,7 @@ Profile settings:
   fractions. The first conv (3 input channels) and the last Linear (10 outputs) are never
   decomposed. A layer whose decomposition would not cut both its MACs and its params is left
   as it is (`layers.md` says why).
-{guard_doc}- Batch-norm recalibration: right after decomposing, the batch-norm statistics are
+{guard_doc}{guided_doc(prof)}- Batch-norm recalibration: right after decomposing, the batch-norm statistics are
   re-estimated on {prof.bn_batches} shuffled, unaugmented batches of {prof.ft_batch_size} training images
   (`decomp.experiments.train.recalibrate_batchnorm`); "top-1 decomposed" is before it, "after BN recal." after it.
 - Fine-tuning: {prof.ft_epochs} epoch(s) on {prof.ft_images or 'all'} training images (seeded subset),

@@ -57,6 +57,7 @@ PROFILES = {
     "smoke": Profile(
         "smoke", models=(("vgg16_bn", 0.0625), ("alexnet", 0.0625)), embedded=True, epochs=1,
         batch_size=256, ft_images=1024, ft_batch_size=256, bn_batches=2, fractions=(1 / 3,), cp_vbmf=True,
+        aware=("tucker2+svd-all",), budgets=("macs:3",), calibration_images=512,
         cpu_batches=(1, 32), min_run_s=0.06,
         rounds=2, gpu_batches=(1, 32),
     ),

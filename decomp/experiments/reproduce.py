@@ -336,10 +336,11 @@ def run_variant(
 # Tables, claims and the figure
 
 
-def best_speedups(df, max_drop: float, column: str = "cpu_b1_speedup"):
+def best_speedups(df, max_drop: float, column: str = "cpu_b1_speedup", delta: str = "delta_points"):
     """Per model, the variant with the largest ``column`` among those losing <= ``max_drop`` points
-    of top-1 after fine-tuning (baselines excluded); a DataFrame, possibly empty."""
-    d = df[(df["variant"] != "baseline") & (df["delta_points"] >= -max_drop)].dropna(subset=[column])
+    of top-1 after fine-tuning (baselines excluded) by ``delta`` (``"delta_control_points"``:
+    against the control); a DataFrame, possibly empty."""
+    d = df[(df["variant"] != "baseline") & (df[delta] >= -max_drop)].dropna(subset=[column])
     if d.empty:
         return d
     return d.loc[d.groupby("model")[column].idxmax()]
@@ -452,9 +453,18 @@ def claims_markdown(df, *, no_drop_points: float = 0.5, usable_points: float = 3
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_speedup(df, path: str | Path) -> Path:
+def _kind(row) -> str:
+    """How a variant chose its ranks and fitted its factors: the plot's colour."""
+    if isinstance(row.get("budget"), str) and row["budget"]:
+        return "budgeted (data-aware)"
+    return row.get("fit") if isinstance(row.get("fit"), str) else "data-free"
+
+
+def plot_accuracy_vs_speedup(df, path: str | Path, controls=()) -> Path:
     """Top-1 after fine-tuning against measured speedup, one panel per model and timing column,
-    the claim's x2-x4 band shaded and the baseline's accuracy as a line."""
+    the claim's x2-x4 band shaded, the baseline's accuracy as a line and, with ``controls``
+    (the baseline fine-tuned alike), the control's as a dotted line; colours tell data-free,
+    data-aware and budgeted variants apart, markers the families."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -465,6 +475,9 @@ def plot_accuracy_vs_speedup(df, path: str | Path) -> Path:
     fig, axes = plt.subplots(len(models), max(len(speeds), 1), squeeze=False,
                              figsize=(4.5 * max(len(speeds), 1), 3.6 * len(models)))
     markers = {"svd-fc": "s", "cp-conv": "^", "tucker2-conv": "o", "tucker2+svd-all": "D"}
+    colours = {"data-free": "tab:blue", "data-aware": "tab:orange", "budgeted (data-aware)": "tab:red"}
+    control_of = {c["model"]: c["top1_after"] for c in controls}
+    df = df.assign(kind=[_kind(r) for r in df.to_dict("records")])
     for i, model in enumerate(models):
         m = df[df["model"] == model]
         base = m[m["variant"] == "baseline"]
@@ -473,8 +486,12 @@ def plot_accuracy_vs_speedup(df, path: str | Path) -> Path:
             ax.axvspan(*CLAIM_BAND, color="tab:green", alpha=0.12, label="claim x2-x4")
             if len(base):
                 ax.axhline(100 * base["top1_after"].iloc[0], color="grey", ls="--", lw=1, label="baseline")
-            for family, g in m[m["variant"] != "baseline"].groupby("family"):
-                ax.scatter(g[col], 100 * g["top1_after"], marker=markers.get(family, "o"), label=family)
+            if model in control_of:
+                ax.axhline(100 * control_of[model], color="black", ls=":", lw=1.2,
+                           label="control (baseline fine-tuned alike)")
+            for (family, kind), g in m[m["variant"] != "baseline"].groupby(["family", "kind"]):
+                ax.scatter(g[col], 100 * g["top1_after"], marker=markers.get(family, "o"),
+                           color=colours.get(kind), label=f"{family}, {kind}")
                 for _, r in g.iterrows():
                     ax.annotate(r["ranks"], (r[col], 100 * r["top1_after"]), fontsize=7,
                                 xytext=(3, 3), textcoords="offset points")
