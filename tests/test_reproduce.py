@@ -259,3 +259,25 @@ def test_script_models_override_is_checked():
     for bad in ("resnet:1", "vgg16_bn:wide", "vgg16_bn:0", ","):
         with pytest.raises(SystemExit):
             C.parse(["--profile", "cpu", "--models", bad])
+
+
+def test_committed_baseline_is_written_once_and_read_on_a_machine_without_the_cache(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from decomp.experiments.data import load_cifar10
+    from decomp.experiments.zoo import ModelConfig
+
+    monkeypatch.setattr(C, "RESULTS", tmp_path / "results")
+    prof = replace(P.PROFILES["smoke"], name="tiny", epochs=1, commit_baseline=True)
+    data = load_cifar10(None)
+    data = type(data)(R.subset(data.train, 512), R.subset(data.test, 200), data.description)
+    mcfg = ModelConfig(name="vgg16_bn", width=1 / 16)
+    model, res, _ = C.train_baseline(mcfg, prof, data, tmp_path / "cache", progress=False)
+    committed = C.committed_baseline(prof, mcfg)
+    assert committed.is_file() and committed.with_name(committed.name + ".json").is_file()
+    state = torch.load(committed, weights_only=True)
+    assert all(v.dtype == torch.bfloat16 for v in state.values() if v.is_floating_point())
+    # a new machine: no cache, the committed weights (rounded to bf16) instead of training
+    again, res2, _ = C.train_baseline(mcfg, prof, data, tmp_path / "other-cache", progress=False)
+    assert res2.skipped and res2.history == [] and not (tmp_path / "other-cache").exists()
+    assert abs(res2.test["accuracy"] - res.test["accuracy"]) <= 0.02

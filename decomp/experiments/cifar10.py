@@ -19,7 +19,7 @@ import copy
 import hashlib
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -30,14 +30,17 @@ from decomp.experiments.cifar10_outputs import write_outputs
 from decomp.experiments.data import load_cifar10
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
 from decomp.experiments.reproduce import finetune_key, run_variant, subset, variant_table
-from decomp.experiments.train import TrainConfig, train
+from decomp.experiments.runinfo import atomic_torch_save, write_sidecar
+from decomp.experiments.train import TrainConfig, TrainResult, evaluate, train
 from decomp.experiments.zoo import ModelConfig
 from decomp.measure import count_macs, count_params
 
 __all__ = ["SHARED_JPEG", "parse", "main", "train_baseline", "finetune_control", "select_variants", "data_key", "data_path", "parse_models"]
 
 # The project's copy of CIFAR-10 beside a source checkout (../shared/data next to the repository).
-SHARED_JPEG = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.tar.gz"
+REPO = Path(__file__).resolve().parents[2]  # the source checkout (results/ is written there)
+SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+RESULTS = REPO / "results"
 
 
 def parse_models(text: str) -> tuple:
@@ -124,14 +127,36 @@ def data_path(prof: Profile, data: str | None) -> str | None:
         ".tar.gz with train/<class>/*.jpg and test/<class>/*.jpg.")
 
 
+def committed_baseline(prof: Profile, mcfg: ModelConfig) -> Path:
+    """Where a profile with ``commit_baseline`` keeps its trained baseline, as a bf16 ``state_dict``."""
+    return RESULTS / "cifar10" / prof.name / f"baseline_{mcfg.name}_w{mcfg.width:g}_bf16.pt"
+
+
 def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress: bool) -> tuple:
+    """Train (or resume, or read from the cache) the baseline. With ``prof.commit_baseline``, a
+    machine without the cache starts from the committed bf16 weights instead of training, and a
+    machine that trained writes them (with a sidecar) when they are missing."""
     tcfg = TrainConfig(epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr, seed=prof.seed,
                        channels_last=prof.channels_last, amp_cpu=prof.amp_cpu)
     torch.manual_seed(prof.seed)  # model init
     model = mcfg.build()
-    res = train(model, data.train, tcfg, checkpoint=cache / f"{mcfg.name}_w{mcfg.width:g}" / "baseline.pt",
-                test_data=data.test, device=prof.device, model_config=mcfg,
-                meta={"data": data.description}, progress=progress)
+    checkpoint = cache / f"{mcfg.name}_w{mcfg.width:g}" / "baseline.pt"
+    committed = committed_baseline(prof, mcfg)
+    if prof.commit_baseline and not checkpoint.is_file() and committed.is_file():
+        state = torch.load(committed, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        model.to(prof.device)
+        test = evaluate(model, data.test, device=prof.device)
+        return model.eval(), TrainResult([], test, prof.epochs, prof.epochs, True, True, 0.0, str(committed)), tcfg
+    res = train(model, data.train, tcfg, checkpoint=checkpoint, test_data=data.test, device=prof.device,
+                model_config=mcfg, meta={"data": data.description}, progress=progress)
+    if prof.commit_baseline and res.complete and not committed.is_file():
+        atomic_torch_save({k: v.to(torch.bfloat16) if v.is_floating_point() else v
+                           for k, v in model.state_dict().items()}, committed)
+        write_sidecar(committed, extra={"what": "the profile's trained baseline, float32 rounded to bf16",
+                                        "train_config": asdict(tcfg), "model_config": mcfg.to_dict(),
+                                        "test_top1_float32": res.test["accuracy"], "history": res.history,
+                                        "trained_on": "this machine (see cpu)", "data": data.description})
     return model.eval(), res, tcfg
 
 

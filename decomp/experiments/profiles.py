@@ -39,6 +39,7 @@ class Profile:
     aware: tuple = ()                # families also run data-aware (decompose(calibration=...)) at the first fraction and VBMF
     budgets: tuple = ()              # whole-model targets run data-aware for each family of `aware`, e.g. ("latency:2",)
     calibration_images: int = 2048   # training images (seeded subset, unaugmented) of the data-aware fits
+    commit_baseline: bool = False    # keep the trained baseline in results/cifar10/<name>/ (bf16) and start from it
     test_images: int = 0             # test images for top-1 (0 = all 10,000)
     cpu_batches: tuple = (1, 256)    # images per forward for CPU timing (1 thread, thread CPU clock)
     gpu_batches: tuple = (1, 256)    # images per forward for GPU timing (if CUDA is present)
@@ -86,6 +87,7 @@ PROFILES = {
         "cpu_e40", models=(("vgg16_bn", 0.5),), epochs=40, ft_epochs=4, ft_images=0,
         fractions=(1 / 3,), channels_last=True, amp_cpu=True, ft_control=True,
         families=("tucker2+svd-all",), aware=("tucker2+svd-all",), budgets=("latency:2", "latency:3"),
+        commit_baseline=True,
         cpu_batches=(1, 256), min_run_s=1.0,
         note="VGG16-BN at 1/2 width with a 40-epoch baseline (bf16 autocast on the CPU), the "
              "control fine-tuned like every variant; Tucker-2 + SVD data-free, data-aware and "
