@@ -393,11 +393,23 @@ def fit_input(weight: torch.Tensor, moments: dict, scale: torch.Tensor | None = 
     return InputFit(v, s, half, inv_half)
 
 
+def _unit_columns(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(left D^-1, D right)`` with ``D`` the norms of ``left``'s columns: the same product, in
+    the balance of the data-free factors (orthonormal outer factors, the scale in the middle).
+    Whitening and batch-norm weights leave the data-aware factors badly scaled, and SGD with
+    weight decay fine-tunes badly scaled factors worse: measured on the CIFAR VGG16-BN, the
+    unbalanced data-aware Tucker-2 + SVD at 1/3 started 30 points above the data-free one and
+    ended 0.8 points below it after 4 epochs."""
+    norms = left.norm(dim=0).clamp_min(torch.finfo(left.dtype).tiny)
+    return left / norms, right * norms[:, None]
+
+
 @torch.no_grad()
 def svd_from_fit(layer: nn.Module, fit: OutputFit, rank: int) -> nn.Sequential:
     """The two-layer SVD replacement of a Linear or 1x1 conv from an output or input-side fit."""
     first, second, bias = fit.layer_weights(layer, rank)
     build = svd_linear_layers if isinstance(layer, nn.Linear) else svd_conv1x1_layers
+    second, first = _unit_columns(second, first)
     new = build(layer, rank, device="meta").to_empty(device=layer.weight.device)
     new[0].weight.copy_(first.reshape(new[0].weight.shape))
     new[1].weight.copy_(second.reshape(new[1].weight.shape))
@@ -442,9 +454,15 @@ def tucker2_from_fits(layer: nn.Conv2d, stage: nn.Sequential, fit: OutputFit, r_
     the last 1x1 conv ``P`` with the layer's bias."""
     p, q = fit.factors(r_out)
     r_in = stage[0].out_channels
+    core = q.reshape(r_out, r_in, *layer.kernel_size)
+    b = stage[0].weight.detach().double().flatten(1)               # (r_in, S)
+    p, core = _unit_columns(p, core.flatten(1))                     # scale of P's columns into the core's rows
+    core = core.reshape(r_out, r_in, -1)
+    row_norm = b.norm(dim=1).clamp_min(torch.finfo(b.dtype).tiny)   # and of B's rows into the core's inputs
+    b, core = b / row_norm[:, None], core * row_norm[None, :, None]
     new = tucker2_layers(layer, (r_in, r_out), device="meta").to_empty(device=layer.weight.device)
-    new[0].weight.copy_(stage[0].weight)
-    new[1].weight.copy_(q.reshape(new[1].weight.shape))
+    new[0].weight.copy_(b.reshape(new[0].weight.shape))
+    new[1].weight.copy_(core.reshape(new[1].weight.shape))
     new[2].weight.copy_(p.reshape(new[2].weight.shape))
     if layer.bias is not None:
         new[2].bias.copy_(layer.bias)
