@@ -469,6 +469,50 @@ def tucker2_from_fits(layer: nn.Conv2d, stage: nn.Sequential, fit: OutputFit, r_
     return new
 
 
+def model_moments(model: nn.Module, layers: Mapping[str, str], calibration: Calibration) -> dict[str, dict]:
+    """One pass over ``calibration`` through ``model``: each named layer's output moments
+    ``E[y y^T]`` and ``E||y||^2``, and for ``"tucker2"`` layers also the input-channel
+    covariance ``E[x x^T]``. The spectra the global rank search reads its errors from."""
+    acc: dict[str, dict] = {name: {} for name in layers}
+    counts = {name: 0 for name in layers}
+    handles = []
+
+    def hook(name, method):
+        def record(module, args, output):
+            y = _rows(output, _channel_dim(module))
+            a = acc[name]
+            a["S"] = a.get("S", 0) + y.T @ y
+            a["yy"] = a.get("yy", 0) + (y * y).sum()
+            if method == "tucker2":
+                x = _rows(args[0], 1)
+                a["C"] = a.get("C", 0) + x.T @ x
+                a["n_in"] = a.get("n_in", 0) + x.shape[0]
+            counts[name] += y.shape[0]
+        return record
+
+    for name, method in layers.items():
+        handles.append(model.get_submodule(name).register_forward_hook(hook(name, method)))
+    try:
+        with _eval_no_grad(model):
+            for batch in calibration.batches():
+                model(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for name, a in acc.items():
+        n = max(counts[name], 1)
+        out[name] = {"S": a["S"] / n, "yy": float(a["yy"]) / n}
+        if "C" in a:
+            out[name]["C"] = a["C"] / a["n_in"]
+    return out
+
+
+def output_spectrum(moments: dict) -> torch.Tensor:
+    """Singular values of the (symmetric) output fit, ``sqrt(eig E[y y^T])``, descending."""
+    return torch.linalg.eigvalsh(moments["S"]).clamp_min(0).flip(0).sqrt()
+
+
 def following_batchnorm_scales(model: nn.Module, names, batch: torch.Tensor) -> dict[str, torch.Tensor]:
     """``|gamma| / sqrt(running_var + eps)`` of the batch norm that reads each named layer's output
     directly (found by one forward pass: the norm's input *is* the layer's output tensor).
