@@ -23,7 +23,8 @@ from .budget import MACs, RANK_GRID, Candidate, Latency, LayerOptions, latency_t
 from .layers import check_finite
 from .linalg import singular_values
 from .measure import count_macs, count_params
-from .model import _input_shapes, _match_override, _model_macs, _planned, _realise, _round_up, _select, _set_module
+from .model import (_copy_and_walk, _input_shapes, _match_override, _model_macs, _planned, _realise,
+                    _replace_everywhere, _round_up, _select, _set_module)
 from .rank import VBMF, Energy, rank_from_spectrum, resolve_rank
 from .report import LayerReport, Report, describe_layer
 
@@ -45,12 +46,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
     if min_speedup is not None and input_shape is None:
         raise ValueError("min_speedup times each layer at input_shape; got input_shape=None.")
 
-    new_model = copy.deepcopy(model)
-    names_of: dict[int, list[str]] = {}
-    for name, module in new_model.named_modules(remove_duplicate=False):
-        names_of.setdefault(id(module), []).append(name)
-    candidates = {n: m for n, m in new_model.named_modules()
-                  if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    new_model, names_of, candidates = _copy_and_walk(model)
     shapes = _input_shapes(new_model, candidates, input_shape) if input_shape and candidates else {}
     selected = {n: _select(n, m, shapes.get(n), table, default_policy, overrides) for n, m in candidates.items()}
     if budget is not None:
@@ -93,11 +89,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
                 row.info["fit"] = "data-free: CP fits the weights (ALS); later layers are fitted to its outputs"
         rows[name] = row
         if new_layer is not None:
-            for alias in names_of[id(layer)]:
-                if alias == "":
-                    new_model = new_layer
-                else:
-                    _set_module(new_model, alias, new_layer)
+            new_model = _replace_everywhere(new_model, names_of, layer, new_layer)
 
     macs_before = macs_after = None
     if input_shape is not None and candidates:

@@ -154,6 +154,28 @@ def _check_planned_ranks(method: str, layer: nn.Module, ranks, name: str):
             L.check_rank(ranks[1], w.shape[0], "output rank", name))
 
 
+def _copy_and_walk(model: nn.Module):
+    """A deep copy, every name of each of its modules (shared modules have several), and its
+    Conv/Linear-like layers by first name."""
+    new_model = copy.deepcopy(model)
+    names_of: dict[int, list[str]] = {}
+    for name, module in new_model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(name)
+    candidates = {n: m for n, m in new_model.named_modules()
+                  if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    return new_model, names_of, candidates
+
+
+def _replace_everywhere(root: nn.Module, names_of, layer: nn.Module, new_layer: nn.Module) -> nn.Module:
+    """``layer`` replaced by ``new_layer`` under every name it has; returns the (new) root."""
+    for alias in names_of[id(layer)]:
+        if alias == "":
+            root = new_layer
+        else:
+            _set_module(root, alias, new_layer)
+    return root
+
+
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -249,12 +271,7 @@ def decompose(
         return decompose_guided(model, table, default_policy, overrides, input_shape, method_options,
                                 rank_multiple, min_speedup, progress, calibration, budget)
 
-    new_model = copy.deepcopy(model)
-    names_of: dict[int, list[str]] = {}
-    for name, module in new_model.named_modules(remove_duplicate=False):
-        names_of.setdefault(id(module), []).append(name)
-    candidates = {n: m for n, m in new_model.named_modules()
-                  if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    new_model, names_of, candidates = _copy_and_walk(model)
     shapes = _input_shapes(new_model, candidates, input_shape) if input_shape and candidates else {}
 
     rows, replacements = [], {}
@@ -266,11 +283,7 @@ def decompose(
             replacements[name] = (layer, new_layer)
 
     for name, (layer, new_layer) in replacements.items():
-        for alias in names_of[id(layer)]:
-            if alias == "":
-                new_model = new_layer
-            else:
-                _set_module(new_model, alias, new_layer)
+        new_model = _replace_everywhere(new_model, names_of, layer, new_layer)
 
     macs_before = macs_after = None
     if input_shape is not None and candidates:
