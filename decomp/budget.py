@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MACs", "Latency", "Budget", "parse_budget", "Candidate", "LayerOptions", "allocate", "latency_table",
+__all__ = ["MACs", "Latency", "Budget", "parse_budget", "randomised", "model_seconds", "model_speedup", "Candidate", "LayerOptions", "allocate", "latency_table",
            "clear_latency_cache", "RANK_GRID"]
 
 # Fractions of a mode's channels tried by the search (rounded up, then to rank_multiple).
@@ -197,14 +197,7 @@ def latency_table(layer: nn.Module, planned: Mapping[Any, nn.Module], in_shape: 
     modules = {"original": layer, **{f"c{i}": m for i, m in enumerate(planned.values())}}
     todo = {n: m for n, m in modules.items() if key(m) not in _LATENCY_CACHE}
     if todo:
-        real = {}
-        for n, m in todo.items():
-            if n != "original":
-                m = m.to_empty(device=device)
-                with torch.no_grad():
-                    for p in m.parameters():
-                        p.normal_()
-            real[n] = m
+        real = {n: m if n == "original" else randomised(m, device) for n, m in todo.items()}
         x = torch.randn(in_shape, device=device, dtype=dtype)
         training = layer.training
         try:
@@ -217,24 +210,48 @@ def latency_table(layer: nn.Module, planned: Mapping[Any, nn.Module], in_shape: 
     return _LATENCY_CACHE[key(layer)], costs
 
 
-def model_speedup(original: nn.Module, new: nn.Module, input_shape: tuple[int, ...], budget: Latency,
-                  min_run_time: float | None = None) -> float:
-    """Measured speed-up of ``new`` over ``original`` at ``input_shape`` (interleaved, eval mode)."""
+@torch.no_grad()
+def randomised(module: nn.Module, device) -> nn.Module:
+    """``module`` (an empty ``meta`` architecture) materialised on ``device`` with scaled normal
+    weights and zero biases, for timing: dense kernels take the same time whatever the values,
+    and scaled weights keep activations away from overflow and denormals through a whole model."""
+    module = module.to_empty(device=device)
+    for p in module.parameters():
+        if p.ndim > 1:
+            p.normal_(0, p[0].numel() ** -0.5)
+        else:
+            p.zero_()
+    return module
+
+
+def _time_models(models: dict[str, nn.Module], input_shape, budget: Latency, seconds: float, rounds: int = 3) -> dict:
+    """Median seconds of each model at ``input_shape``, interleaved, in eval mode (modes restored)."""
     from .measure import time_interleaved
 
-    p = next(iter(original.parameters()))
+    p = next(iter(next(iter(models.values())).parameters()))
     x = torch.randn(input_shape, device=p.device, dtype=p.dtype)
-    modes = {m: m.training for net in (original, new) for m in net.modules()}
+    modes = {m: m.training for net in models.values() for m in net.modules()}
     try:
-        original.eval()
-        new.eval()
-        seconds = 8 * budget.min_run_time if min_run_time is None else min_run_time  # whole models: longer
-        t = time_interleaved({"original": original, "new": new}, x, rounds=3, min_run_time=seconds,
-                             **budget.timing_options(p.device))
+        for net in models.values():
+            net.eval()
+        t = time_interleaved(models, x, rounds=rounds, min_run_time=seconds, **budget.timing_options(p.device))
     finally:
         for m, was in modes.items():
             m.training = was
-    return t["original"].median / t["new"].median
+    return {name: timing.median for name, timing in t.items()}
+
+
+def model_seconds(model: nn.Module, input_shape: tuple[int, ...], budget: Latency) -> float:
+    """Median seconds of one forward of ``model`` at ``input_shape`` (whole models: 8x the per-layer time)."""
+    return _time_models({"model": model}, input_shape, budget, 8 * budget.min_run_time, budget.rounds)["model"]
+
+
+def model_speedup(original: nn.Module, new: nn.Module, input_shape: tuple[int, ...], budget: Latency,
+                  min_run_time: float | None = None) -> float:
+    """Measured speed-up of ``new`` over ``original`` at ``input_shape`` (interleaved, eval mode)."""
+    seconds = 8 * budget.min_run_time if min_run_time is None else min_run_time
+    t = _time_models({"original": original, "new": new}, input_shape, budget, seconds)
+    return t["original"] / t["new"]
 
 
 def _aim(allocate_at, total_cost, factor, measure, tries_max: int = 6, tolerance: float = 0.03) -> list[dict]:

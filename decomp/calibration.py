@@ -62,13 +62,16 @@ class Calibration:
 
     source: object  # the tensor, or the re-iterable collection of batches
     sample_shape: tuple[int, ...]  # shape of one input without the batch dimension
+    samples: int | None = None  # inputs per pass, known once a pass has completed
 
     def batches(self) -> Iterable[torch.Tensor]:
-        if isinstance(self.source, torch.Tensor):
-            yield from self.source.split(_BATCH)
-            return
-        for item in self.source:
-            yield _check_batch(_first(item), self.sample_shape)
+        count = 0
+        items = self.source.split(_BATCH) if isinstance(self.source, torch.Tensor) else self.source
+        for item in items:
+            batch = item if isinstance(self.source, torch.Tensor) else _check_batch(_first(item), self.sample_shape)
+            count += batch.shape[0]
+            yield batch
+        self.samples = count
 
 
 def _first(item):

@@ -19,14 +19,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import calibration as C
-from .budget import MACs, RANK_GRID, Candidate, Latency, LayerOptions, latency_table, model_speedup, search
+from .budget import (MACs, RANK_GRID, Candidate, Latency, LayerOptions, latency_table, model_seconds, model_speedup,
+                     randomised, search)
 from .layers import check_finite
 from .linalg import singular_values
 from .measure import count_macs, count_params
 from .model import (_copy_and_walk, _input_shapes, _match_override, _model_macs, _planned, _realise,
-                    _replace_everywhere, _round_up, _select, _set_module)
+                    _replace_everywhere, _round_up, _select, _set_module, _skip_row)
 from .rank import VBMF, Energy, rank_from_spectrum, resolve_rank
-from .report import LayerReport, Report, describe_layer
+from .report import LayerReport, Report
 
 __all__ = ["decompose_guided"]
 
@@ -75,7 +76,8 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
         check_finite(layer, name)
         if name in searched:
             if searched[name] is None:
-                rows[name] = _kept_row(name, layer, shapes.get(name), method, budget)
+                rows[name] = _skip_row(name, layer, shapes.get(name), f"kept as it is by the budget search "
+                                       f"({budget}): no cheaper candidate was worth its error", method)
                 continue
             policy = searched[name]
         if cal is not None and method in ("svd", "tucker2"):
@@ -96,19 +98,12 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
         macs_before, macs_after = _model_macs(model, input_shape), _model_macs(new_model, input_shape)
     cal_info = None
     if cal is not None:
-        cal_info = {"samples": sum(int(b.shape[0]) for b in cal.batches()), "sample_shape": list(cal.sample_shape),
+        samples = cal.samples if cal.samples is not None else sum(int(b.shape[0]) for b in cal.batches())
+        cal_info = {"samples": samples, "sample_shape": list(cal.sample_shape),
                     "seconds": time.perf_counter() - started}
     report = Report([rows[n] for n in candidates], input_shape, count_params(model), count_params(new_model),
                     macs_before, macs_after, budget=budget_info, calibration=cal_info)
     return new_model, report
-
-
-def _kept_row(name, layer, in_shape, method, budget) -> LayerReport:
-    params = count_params(layer)
-    macs = count_macs(layer, in_shape) if in_shape is not None else None
-    return LayerReport(name, describe_layer(layer), method, None, params, params,
-                       macs, macs, skipped=f"kept as it is by the budget search ({budget}): no cheaper "
-                       "candidate was worth its error")
 
 
 # ----------------------------------------------------------------------------------------
@@ -237,7 +232,7 @@ def _search(model, new_model, candidates, searchable, shapes, input_shape, budge
         options.append(LayerOptions(name, cost0, [Candidate(r, costs[r], _candidate_error(spectra, r))
                                                   for r in planned]))
     if latency:
-        total = _model_seconds(model, input_shape, budget)
+        total = model_seconds(model, input_shape, budget)
 
         def measure(ranks):
             return model_speedup(model, _skeleton(new_model, candidates, planned_of, ranks), input_shape, budget)
@@ -249,21 +244,6 @@ def _search(model, new_model, candidates, searchable, shapes, input_shape, budge
     return result.ranks, result.info
 
 
-def _model_seconds(model, input_shape, budget: Latency) -> float:
-    from .measure import time_interleaved
-
-    p = next(iter(model.parameters()))
-    x = torch.randn(input_shape, device=p.device, dtype=p.dtype)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        return time_interleaved({"m": model}, x, rounds=budget.rounds, min_run_time=8 * budget.min_run_time,
-                                **budget.timing_options(p.device))["m"].median
-    finally:
-        for m, was in modes.items():
-            m.training = was
-
-
 def _skeleton(new_model, candidates, planned_of, ranks) -> nn.Module:
     """The architecture ``ranks`` choose, with scaled random weights: for timing only."""
     skeleton = copy.deepcopy(new_model)
@@ -271,13 +251,7 @@ def _skeleton(new_model, candidates, planned_of, ranks) -> nn.Module:
         if r is None:
             continue
         layer = candidates[name]
-        arch = copy.deepcopy(planned_of[name][r]).to_empty(device=layer.weight.device)
-        with torch.no_grad():
-            for p in arch.parameters():
-                if p.ndim > 1:
-                    p.normal_(0, p[0].numel() ** -0.5)
-                else:
-                    p.zero_()
+        arch = randomised(copy.deepcopy(planned_of[name][r]), layer.weight.device)
         if name == "":
             skeleton = arch
         else:
