@@ -57,7 +57,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
                                  "Use method='tucker2' / 'svd', or fix that layer's rank with overrides.")
     first = next(iter(cal.batches())) if cal is not None else None
     order = C.forward_order(new_model, list(candidates), first) if cal is not None and candidates else list(candidates)
-    scales = C.following_batchnorm_scales(new_model, list(candidates), first) if cal is not None and candidates else {}
+    follows = C.following_ops(new_model, list(candidates), first) if cal is not None and candidates else {}
 
     searched, budget_info = {}, None
     if budget is not None:
@@ -82,7 +82,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
             policy = searched[name]
         if cal is not None and method in ("svd", "tucker2"):
             row, new_layer = _fit_layer(model, new_model, name, layer, shapes.get(name), method, policy, cal,
-                                        rank_multiple, min_speedup, scales.get(name))
+                                        rank_multiple, min_speedup, follows.get(name))
         else:
             ranks = resolve_rank(policy, layer.weight, method, name)
             row, new_layer = _realise(name, layer, shapes.get(name), method, ranks, method_options,
@@ -111,21 +111,25 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
 
 
 def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, rank_multiple, min_speedup,
-               scale=None):
+               follow=None):
     w = layer.weight
+    scale = follow.scale if follow is not None else None
     from_spectrum = isinstance(policy, _SPECTRUM_POLICIES)
     given = None if from_spectrum else resolve_rank(policy, w, method, name)
     rank_from = "output spectrum on the calibration data" if from_spectrum else "given"
     if method == "svd":
         if isinstance(layer, nn.Linear) and layer.in_features < layer.out_features:
+            moments = {}  # the input-side fit stays linear
             fit = C.fit_input_side(C.layer_moments(original, current, name, cal, input_side=True)[0])
         else:  # output statistics (out x out): no in x in covariance of a 25088-input fc6
-            fit = C.fit_output(C.layer_moments(original, current, name, cal, scale=scale)[0], scale)
+            moments = C.layer_moments(original, current, name, cal, scale=scale, keep=_keep(follow))[0]
+            fit = C.fit_output(moments, scale)
         ranks = given if given is not None else rank_from_spectrum(policy, fit.spectrum, tuple(w.flatten(1).shape))
 
         def factorize(r):
-            new = C.svd_from_fit(layer, fit, r)
-            return new, _fit_info(layer, new, "svd", fit.rel_error(r), rank_from)
+            refined, relu = _relu_refined(fit, r, follow, moments)
+            new = C.svd_from_fit(layer, refined, r)
+            return new, _fit_info(layer, new, "svd", fit.rel_error(r), rank_from, relu)
         return _realise(name, layer, in_shape, "svd", ranks, {}, rank_multiple, min_speedup, factorize)
 
     if layer.padding_mode != "zeros":  # the core's patches are read with zero padding
@@ -141,8 +145,8 @@ def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, ra
     r_in = _round_up((r_in, 1), rank_multiple, "tucker2", w)[0]
     r_in = max(1, min(r_in, s))
     stage = C.tucker2_input_stage(layer, fin, r_in)
-    fout = C.fit_output(C.layer_moments(original, current, name, cal, candidate=stage, scale=scale)[0], scale,
-                        rhs_scaled=False)
+    moments = C.layer_moments(original, current, name, cal, candidate=stage, scale=scale, keep=_keep(follow))[0]
+    fout = C.fit_output(moments, scale, rhs_scaled=False)
     r_out = given[1] if given is not None else rank_from_spectrum(policy, fout.spectrum, (t, s * taps))
     if from_spectrum:
         rank_from = "whitened input-mode spectrum (R_in) and output spectrum (R_out) on the calibration data"
@@ -150,16 +154,43 @@ def _fit_layer(original, current, name, layer, in_shape, method, policy, cal, ra
     def factorize(r):
         if r[0] != r_in:  # rounding was applied before the input stage: nothing may move it
             raise AssertionError(f"{name}: input rank {r[0]} != fitted {r_in}")
-        new = C.tucker2_from_fits(layer, stage, fout, r[1])
-        return new, _fit_info(layer, new, "tucker2", fout.rel_error(r[1]), rank_from)
+        refined, relu = _relu_refined(fout, r[1], follow, moments, layer.bias)
+        new = C.tucker2_from_fits(layer, stage, refined, r[1])
+        return new, _fit_info(layer, new, "tucker2", fout.rel_error(r[1]), rank_from, relu)
     return _realise(name, layer, in_shape, "tucker2", (r_in, r_out), {}, rank_multiple, min_speedup, factorize)
 
 
-def _fit_info(layer, new, method, output_error, rank_from) -> dict[str, Any]:
+def _keep(follow) -> int:
+    """Rows per input to keep for the ReLU refinement: only where a ReLU reads the layer."""
+    return C.RELU_ROWS if follow is not None and follow.relu and C.RELU_LAMBDAS else 0
+
+
+def _relu_refined(fit, rank, follow, moments, bias=None):
+    """The fit refined for the ReLU that reads the layer's (batch-normalised) output, if one does
+    (:func:`decomp.calibration.refine_for_relu`); ``(fit, None)`` otherwise (and for the
+    input-side fit of a Linear with fewer inputs than outputs, which stays linear)."""
+    if "sample" not in moments:
+        return fit, None
+    rows, features = moments["sample"][1].shape
+    if rows < C.RELU_ROWS_PER_FEATURE * features:
+        return fit, f"not refined for the ReLU: {rows} kept rows for {features} features (fewer than " \
+                    f"{C.RELU_ROWS_PER_FEATURE} per feature); more calibration inputs would allow it"
+    return C.refine_for_relu(fit, rank, follow, moments["sample"], None if bias is None else bias.detach().double())
+
+
+def _fit_info(layer, new, method, output_error, rank_from, relu_errors=None) -> dict[str, Any]:
     w = layer.weight.detach().double()
     weight_error = float(torch.linalg.vector_norm(C.effective_weight(new, method).reshape(w.shape) - w)
                          / torch.linalg.vector_norm(w).clamp_min(1e-300))
-    return {"rel_error": weight_error, "fit": "data-aware", "output_rel_error": output_error, "rank_from": rank_from}
+    info = {"rel_error": weight_error, "fit": "data-aware", "output_rel_error": output_error, "rank_from": rank_from}
+    if isinstance(relu_errors, str):
+        info["relu_refined"] = False
+        info["relu_note"] = relu_errors
+    elif relu_errors:  # after the ReLU: the linear fit's error, then each refinement's
+        info["relu_refined"] = True
+        info["relu_rel_error"] = min(relu_errors)
+        info["relu_rel_error_linear"] = relu_errors[0]
+    return info
 
 
 # ----------------------------------------------------------------------------------------

@@ -104,16 +104,32 @@ def test_latency_budget_is_measured_and_re_aimed():
     model(torch.randn(1, 3, 16, 16))
 
 
-def test_aim_brackets_the_target():
-    # a model whose measured speed-up is 1.4x the aim: the loop still closes in
+def _aim_with(factor, measured_over_aim):
+    """``_aim`` on a model whose measured speed-up is ``measured_over_aim`` times the aim."""
     state = {"aim": None}
 
     def allocate_at(aim):
         state["aim"] = aim
         return {"layer": round(aim, 9)}, 100 / aim
 
-    tries = B._aim(allocate_at, 100.0, 2.0, lambda r: 1.4 * state["aim"], tries_max=6)
-    assert abs(tries[-1]["measured"] / 2 - 1) <= 0.03
+    return B._aim(allocate_at, 100.0, factor, lambda r: measured_over_aim * state["aim"], tries_max=6)
+
+
+def test_aim_brackets_the_target():
+    # a model whose measured speed-up is 1.4x the aim: the loop still closes in
+    tries = _aim_with(2.0, 1.4)
+    assert 2.0 <= tries[-1]["measured"] <= 2.0 * 1.06  # at least the target, not much past it
+
+
+def test_aim_never_settles_below_the_target():
+    # measured a little short of the aim (as whole models are): the first try falls short,
+    # the loop steps up until the target is reached; the kept try is the slowest that reached it
+    tries = _aim_with(3.0, 0.9)
+    assert tries[0]["measured"] < 3.0 <= tries[-1]["measured"]
+    best = B._best_try(tries, 3.0)
+    assert best["measured"] >= 3.0
+    assert best == min((t for t in tries if t["measured"] >= 3.0), key=lambda t: t["measured"])
+    assert B._best_try([{"measured": 1.5}, {"measured": 1.8}], 2.0)["measured"] == 1.8  # none reached: the fastest
 
 
 @pytest.mark.parametrize("kwargs, match", [

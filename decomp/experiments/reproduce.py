@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from decomp import calibration
 from decomp.budget import parse_budget
 from decomp.experiments.data import Loader, Split
 from decomp.measure import count_macs, count_params, time_interleaved
@@ -241,8 +242,8 @@ def run_variant(
         cache = cache / f"speed{min_speedup:g}"
     if bn_batches:  # the decomposed weights differ with recalibrated statistics
         cache = cache / f"bn{bn_batches}"
-    if variant.aware:  # fitted to these calibration images
-        cache = cache / f"cal{calibration_images}"
+    if variant.aware:  # fitted to these calibration images (and refined for the ReLUs, or not)
+        cache = cache / (f"cal{calibration_images}" + ("-relu" if calibration.RELU_LAMBDAS else ""))
     ft_dir = cache / finetune_key(finetune, len(train_data))  # fine-tuning and results per FT setting
     device = torch.device(device)
     result_file = ft_dir / "result.json"
