@@ -77,9 +77,14 @@ def test_run_variant_caches_every_stage(tmp_path, monkeypatch):
     def fail(*a, **k):
         raise AssertionError("decompose must not run again")
 
+    shapes = lambda m: [tuple(p.shape) for p in m.parameters()]  # noqa: E731
+    first = shapes(st["model"])
     monkeypatch.setattr(R, "decompose", fail)
     again, st = R.run_variant(base, variant, **kw)           # everything cached
     assert st["cached"] and again == json.loads((ft / "result.json").read_text())
+    assert shapes(st["model"]) == first != shapes(base)      # the architecture, for the joint timing
+    joint = R.joint_cpu_b1(base, {"a": st["model"], "b": st["model"]}, rounds=2, min_run_time=0.02)
+    assert set(joint) == {"a", "b"} and all(t["speedup"] > 0 and t["rel_iqr"] >= 0 for t in joint.values())
     (ft / "result.json").unlink()                              # only the timing reruns
     again, st = R.run_variant(base, variant, **kw)
     assert st["decompose_cached"] and st["finetune_cached"]

@@ -29,7 +29,7 @@ from decomp.cli._config import ArgumentParser
 from decomp.experiments.cifar10_outputs import write_outputs
 from decomp.experiments.data import load_cifar10
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
-from decomp.experiments.reproduce import finetune_key, run_variant, subset, variant_table
+from decomp.experiments.reproduce import finetune_key, joint_cpu_b1, run_variant, subset, variant_table
 from decomp.experiments.runinfo import atomic_torch_save, write_sidecar
 from decomp.experiments.train import TrainConfig, TrainResult, evaluate, train
 from decomp.experiments.zoo import ModelConfig
@@ -257,6 +257,7 @@ def main(argv=None, prog: str | None = None) -> None:
     timing = {"cpu_batches": prof.cpu_batches, "gpu_batches": prof.gpu_batches,
               "min_run_time": prof.min_run_s, "rounds": prof.rounds}
     done_rows: dict = {}  # (tag, variant name) -> (row, layer rows)
+    done_models: dict = {}  # tag -> {variant name: decomposed model}, for the joint timing
     skipped = []
     by_tag = {tag: (base, info) for tag, base, info in models}
     for tag, v in tqdm(plan, desc="variants", disable=not progress):
@@ -276,12 +277,25 @@ def main(argv=None, prog: str | None = None) -> None:
             "macs_before", "macs_after", "rel_error", "skipped")},
             "measured_speedup": (r.get("info") or {}).get("measured_speedup")} for r in st["records"]]
         done_rows[tag, v.name] = (row, layers)
+        done_models.setdefault(tag, {})[v.name] = st["model"]
         stage_s[f"{tag}/{v.name}"] = {**{k: st[k] for k in st if k.endswith("_s") or k.endswith("cached")},
                                       **{k: row[k] for k in ("decompose_s", "finetune_s", "timing_s")}}
         log(f"{tag} {v.name}: top-1 {100 * row['top1_before_raw']:.2f}% (BN recal. {100 * row['top1_before']:.2f}%) -> {100 * row['top1_after']:.2f}%, "
             f"MACs x{row['macs_x']:.2f}, CPU b1 x{row['cpu_b1_speedup']:.2f}"
             + (f", GPU b1 x{row['gpu_b1_speedup']:.2f}" if "gpu_b1_speedup" in row else "")
             + (" (cached)" if st["cached"] else ""))
+
+    # The reported CPU batch-1 speed-ups: every variant timed side by side with its baseline.
+    for tag, variants in done_models.items():
+        start = time.perf_counter()
+        joint = joint_cpu_b1(by_tag[tag][0], variants, input_hw=32)
+        stage_s[f"{tag}/joint_timing_s"] = time.perf_counter() - start
+        for name, t in joint.items():
+            row = done_rows[tag, name][0]
+            row["cpu_b1_speedup_alone"] = row.get("cpu_b1_speedup")
+            row["cpu_b1_speedup"], row["cpu_b1_joint_rel_iqr"] = t["speedup"], t["rel_iqr"]
+        log(f"{tag}: {len(joint)} variants re-timed together at CPU batch 1 "
+            f"({stage_s[f'{tag}/joint_timing_s']:.0f} s)")
 
     # Tables grouped by model, each model's baseline first, variants in the grid's order.
     rows, layer_rows = [], []

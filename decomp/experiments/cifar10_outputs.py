@@ -69,7 +69,8 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s, con
         df["delta_control_points"] = [100 * (r["top1_after"] - control_of[r["model"]])
                                       if r["model"] in control_of else None for r in rows]
     extra = {"profile": asdict(prof), "seed": prof.seed, "torch_threads_train": torch.get_num_threads(),
-             "timing": {"cpu": "1 thread, thread CPU clock, interleaved with the baseline",
+             "timing": {"cpu": "1 thread, thread CPU clock, interleaved with the baseline; cpu_b1_speedup: "
+                               "all variants and the baseline timed together (joint_cpu_b1)",
                         "gpu": "wall clock, synchronised" if torch.cuda.is_available() else None},
              "data": {k: data_desc.get(k) for k in ("dataset", "source_kind", "path", "sha256",
                                                     "train_count", "test_count")},
@@ -244,6 +245,11 @@ Profile settings:
   (`decomp.measure.time_interleaved`, eval, `inference_mode`, fp32, NCHW); CPU at 1 thread with the
   thread CPU clock (the machine is shared), batches {prof.cpu_batches}; GPU (when present) wall clock
   with synchronisation, batches {prof.gpu_batches}. Speedup = baseline median / variant median.
+  The CPU batch-1 column (`cpu_b1_speedup`) comes from one more timing at the end of the run in
+  which the baseline and *every* variant are timed together, round by round
+  (`decomp.experiments.reproduce.joint_cpu_b1`), so that equal architectures get equal figures
+  and machine drift between variants cancels; each variant's own timing is kept as
+  `cpu_b1_speedup_alone`.
 """ + (f"- Not run for the time budget ({prof.budget_s:g} s): {', '.join(skipped)}.\n" if skipped else "") + control_text(controls) + f"""
 ## Best measured speedups
 
