@@ -71,14 +71,18 @@ def test_vgg16_tucker2_and_svd(vgg16, tmp_path):
     assert torch.equal(skeleton(x), new(x))
 
 
-def test_alexnet_cp_and_svd(alexnet):
+@pytest.mark.filterwarnings("ignore::decomp.cp_als.CPConvergenceWarning")  # max_iter=5 on purpose
+@pytest.mark.parametrize("spatial", ["separable", "merged"])
+def test_alexnet_cp_and_svd(alexnet, spatial):
     # fc6 and fc7 (9216 x 4096, 4096 x 4096) are left out only to keep the unit tests fast.
     new, report = decompose(alexnet, method={"conv": "cp", "linear": "svd"}, rank=Fraction(0.25),
-                            input_shape=INPUT, method_options={"cp": {"max_iter": 5}},
+                            input_shape=INPUT, method_options={"cp": {"max_iter": 5, "restarts": 0, "spatial": spatial}},
                             overrides={"classifier.1": None, "classifier.4": None})
     _check_report_agrees_with_modules(alexnet, new, report)
     assert len(report.decomposed) == 6
-    assert report["features.3"].info["n_iter"] <= 5
+    info = report["features.3"].info
+    assert info["n_iter"] <= 5 and info["restarts"] == 0 and info["converged"] is False
+    assert info["spatial"] == spatial and len(new.features[3]) == (4 if spatial == "separable" else 3)
     buffer = io.BytesIO()
     torch.save(new.state_dict(), buffer)
     buffer.seek(0)
