@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .cp_als import balance_cp, cp_als, cp_tensorly
-from .layers import check_conv2d, check_rank, check_spatial, cp_layers, cp_max_rank, fill_
+from .layers import CP_SPATIAL_DEFAULT, check_conv2d, check_rank, check_spatial, cp_layers, cp_max_rank, fill_
 
 __all__ = ["cp_conv2d"]
 
@@ -27,7 +27,7 @@ ALGORITHMS = {"als": cp_als, "tensorly": cp_tensorly}
 _ALS_ONLY = {"floor": None, "line_search": True, "restarts": 2}  # cp_als options tensorly lacks, defaults
 
 
-def _cp_conv2d(layer: nn.Conv2d, rank: int, *, algorithm: str = "als", spatial: str = "separable",
+def _cp_conv2d(layer: nn.Conv2d, rank: int, *, algorithm: str = "als", spatial: str = CP_SPATIAL_DEFAULT,
                max_iter: int = 3000, tol: float = 1e-5, floor: float | None = None, line_search: bool = True,
                restarts: int = 2, init="svd", seed: int = 0) -> tuple[nn.Sequential, dict]:
     check_conv2d(layer)
@@ -58,7 +58,7 @@ def _cp_conv2d(layer: nn.Conv2d, rank: int, *, algorithm: str = "als", spatial: 
     return layers, info
 
 
-def cp_conv2d(layer: nn.Conv2d, rank: int, *, algorithm: str = "als", spatial: str = "separable",
+def cp_conv2d(layer: nn.Conv2d, rank: int, *, algorithm: str = "als", spatial: str = CP_SPATIAL_DEFAULT,
               max_iter: int = 3000, tol: float = 1e-5, floor: float | None = None, line_search: bool = True,
               restarts: int = 2, init="svd", seed: int = 0) -> nn.Sequential:
     """Replace ``layer`` by 1x1 -> spatial depthwise conv(s) -> 1x1 convolutions (CP).

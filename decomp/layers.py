@@ -22,6 +22,7 @@ __all__ = [
     "svd_conv1x1_layers",
     "cp_layers",
     "CP_SPATIAL",
+    "CP_SPATIAL_DEFAULT",
     "tucker2_layers",
     "fill_",
 ]
@@ -141,6 +142,7 @@ def _vertical_horizontal(value, neutral):
 
 
 CP_SPATIAL = ("separable", "merged")  # cp_layers(spatial=...): the two forms of the spatial convs
+CP_SPATIAL_DEFAULT = "separable"  # see cp_layers and results/layers/vgg16_cp_spatial_cpu_b1_t1.md
 
 
 def check_spatial(spatial: object) -> str:
@@ -150,7 +152,7 @@ def check_spatial(spatial: object) -> str:
     return spatial
 
 
-def cp_layers(layer: nn.Conv2d, rank: int, device=None, spatial: str = "separable") -> nn.Sequential:
+def cp_layers(layer: nn.Conv2d, rank: int, device=None, spatial: str = CP_SPATIAL_DEFAULT) -> nn.Sequential:
     """Lebedev et al. 2014: 1x1 S -> R, (kh x 1) depthwise, (1 x kw) depthwise, 1x1 R -> T.
 
     ``spatial="separable"`` (that form): the geometry is split between the two depthwise

@@ -383,11 +383,11 @@ def _select(name, layer, in_shape, table, default_policy, overrides):
     return method, policy
 
 
-def _build_options(method, options) -> dict:
+def _build_options(method, options, missing: str = L.CP_SPATIAL_DEFAULT) -> dict:
     """The options of ``method`` that shape its architecture (CP's ``spatial``), from its
-    ``method_options`` or from a report row's ``info``."""
-    if method == "cp" and options and "spatial" in options:
-        return {"spatial": options["spatial"]}
+    ``method_options`` or from a report row's ``info``; ``missing`` where they do not say."""
+    if method == "cp":
+        return {"spatial": (options or {}).get("spatial", missing)}
     return {}
 
 
@@ -468,7 +468,7 @@ def build_decomposed(model: nn.Module, report: Report | Iterable[Mapping[str, An
             raise ValueError(f"report row {name!r} names no module of this model.") from None
         ranks = tuple(ranks) if isinstance(ranks, list) else ranks
         build = _DECOMPOSERS[method][1]
-        options = _build_options(method, row.get("info"))  # a report from before CP's spatial: separable
+        options = _build_options(method, row.get("info"), missing="separable")  # rows from before `spatial`
         new_layer = build(layer, ranks, device="meta", **options).to_empty(device=layer.weight.device)
         if name == "":
             new_model = new_layer
