@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .linalg import default_oversample, gram_svd, randomized_svd
+from .linalg import default_oversample, gram_svd, randomized_svd, squared_norm
 from .layers import check_conv2d, check_linear, check_rank, fill_, svd_conv1x1_layers, svd_linear_layers
 
 __all__ = ["svd_linear", "svd_conv1x1", "truncated_svd", "SVD_ALGORITHMS"]
@@ -69,14 +69,15 @@ def truncated_svd(matrix: torch.Tensor, rank: int, *, algorithm: str = "auto", o
     the returned factors either way; ``optimal_rel_error`` is filled on the exact path only."""
     _check_algorithm(algorithm, oversample, n_iter)
     path = resolve_algorithm(tuple(matrix.shape), rank, algorithm, oversample)
-    total = float(torch.linalg.vector_norm(matrix.detach(), dtype=torch.float64) ** 2)
     if path == "exact":
         u, s, vh = gram_svd(matrix, rank)
         s_r = s[:rank]
+        total, tail = float((s**2).sum()), float((s[rank:] ** 2).sum())  # the tail without cancellation
     else:
         u, s_r, vh = randomized_svd(matrix, rank, oversample=oversample, n_iter=n_iter, seed=seed)
-    kept = float((s_r**2).sum())
-    rel_error = (max(total - kept, 0.0) / total) ** 0.5 if total > 0 else 0.0
+        total = squared_norm(matrix)
+        tail = max(total - float((s_r**2).sum()), 0.0)  # the factors are a projection (see randomized_svd)
+    rel_error = (tail / total) ** 0.5 if total > 0 else 0.0
     return SVDFactors(left=u, right=s_r[:, None] * vh, rel_error=rel_error, algorithm=path,
                       optimal_rel_error=rel_error if path == "exact" else None)
 

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from decomp.cli._config import ArgumentParser, add_config_arguments, config_values
 from decomp.cp_als import CPConvergenceWarning, cp_als, cp_to_tensor
-from decomp.experiments.runinfo import atomic_write_text, write_sidecar
+from decomp.experiments.runinfo import write_artifacts
 
 RECOVERED = 1e-3  # relative error at or below which a kernel counts as recovered
 VARIANTS = {
@@ -216,9 +216,7 @@ def main(argv=None, prog=None) -> None:
     extra = {"config": dataclasses.asdict(cfg), "recovered_at_or_below": RECOVERED,
              "variants": {v: VARIANTS[v] for v in cfg.variants}, "wall_s": round(time.perf_counter() - start, 1),
              "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "load_avg_at_end": os.getloadavg()}
-    for path, text in ((out / "recovery_kernels.csv", df.to_csv(index=False)),
-                       (out / "recovery.csv", summary.to_csv(index=False)),
-                       (out / "recovery.md", markdown(summary, cfg))):
-        atomic_write_text(path, text)
-        write_sidecar(path, extra=extra)
+    write_artifacts({out / "recovery_kernels.csv": df.to_csv(index=False),
+                     out / "recovery.csv": summary.to_csv(index=False),
+                     out / "recovery.md": markdown(summary, cfg)}, extra=extra)
     print(f"wrote {out}/recovery.*", file=sys.stderr)

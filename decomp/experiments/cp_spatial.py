@@ -30,7 +30,7 @@ import torch
 
 from decomp.cli._config import ArgumentParser, add_config_arguments, config_values
 from decomp.experiments.catalog import model_layers
-from decomp.experiments.runinfo import atomic_write_text, write_sidecar
+from decomp.experiments.runinfo import write_artifacts
 from decomp.layers import cp_layers
 from decomp.measure import count_macs, time_interleaved
 
@@ -137,7 +137,6 @@ def main(argv=None, prog=None) -> None:
     stem = out / "vgg16_cp_spatial_cpu_b1_t1"
     extra = {"config": dataclasses.asdict(cfg), "wall_s": round(time.perf_counter() - start, 1),
              "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")}
-    for path, text in ((stem.with_suffix(".csv"), df.to_csv(index=False)), (stem.with_suffix(".md"), markdown(df, cfg))):
-        atomic_write_text(path, text)
-        write_sidecar(path, extra=extra)
+    write_artifacts({stem.with_suffix(".csv"): df.to_csv(index=False), stem.with_suffix(".md"): markdown(df, cfg)},
+                    extra=extra)
     print(f"wrote {stem}.csv/.md", file=sys.stderr)
