@@ -241,3 +241,15 @@ def test_min_speedup_rejects_bad_values(value):
 def test_min_speedup_needs_an_input_shape():
     with pytest.raises(ValueError, match="min_speedup times each layer at input_shape; got input_shape=None"):
         decompose(_conv_net(), min_speedup=1.1, input_shape=None)
+
+
+@pytest.mark.filterwarnings("ignore::decomp.cp_als.CPConvergenceWarning")
+def test_report_says_when_cp_stopped_unconverged():
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    _, report = decompose(model, method="cp", rank=4, input_shape=(1, 8, 8, 8),
+                          method_options={"cp": {"max_iter": 2, "restarts": 0}})
+    row = report["2"]
+    assert row.info["converged"] is False and row.info["n_iter"] == 2 and row.info["stop"] == "max_iter"
+    assert "CP-ALS unconverged after 2 sweeps" in report.to_markdown()
+    _, report = decompose(model, method="cp", rank=4, input_shape=(1, 8, 8, 8))
+    assert report["2"].info["converged"] is True and "unconverged" not in report.to_markdown()
