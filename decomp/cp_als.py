@@ -396,9 +396,9 @@ class _Problem:
         self.norm_x2 = float(torch.linalg.vector_norm(tensor, dtype=torch.float64) ** 2)
         # ||X||^2 - 2<X, X_hat> + ||X_hat||^2 carries an absolute error of order eps * ||X||^2
         # (<X, X_hat> comes from an MTTKRP in the input dtype), so a relative error e is known
-        # only to about eps / e^2 relative: below e^2 = 1e5 * eps (float32: e ~ 0.11) that
-        # noise would reach the stopping rule's default 1e-5 per sweep, and the error is then taken from
-        # the full reconstruction instead (one more GEMM of the sweep's size).
+        # only to about eps / e^2 relative: below e^2 = 1e5 * eps (float32: e ~ 0.11) that noise
+        # reaches the relative rule's default 1e-5 per sweep, so the error is taken from the full
+        # reconstruction there instead (one more GEMM of the sweep's size).
         self.exact_below2 = _EXACT_BELOW * self.eps
 
     def error(self, inner: float, norm_hat2: float, weights: torch.Tensor, factors: list[torch.Tensor]) -> float:
