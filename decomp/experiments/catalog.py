@@ -166,7 +166,7 @@ class Case:
             if self.method == "tucker2":
                 out = tucker2_conv2d(layer, self.ranks, max_iter=tucker_max_iter)
             elif self.method == "cp":
-                out = cp_conv2d(layer, self.ranks[0], max_iter=cp_max_iter)
+                out = cp_conv2d(layer, self.ranks[0], max_iter=cp_max_iter, tol=0.0, restarts=0)  # fixed sweeps
             elif self.layer.kind == "linear":
                 out = svd_linear(layer, self.ranks[0])
             else:
