@@ -4,8 +4,8 @@ Layer decompositions (each returns an ``nn.Sequential`` of stock PyTorch layers)
 
 - :func:`svd_linear` / :func:`svd_conv1x1`: truncated SVD (Girshick, Fast R-CNN 2015), exact
   or randomized (Halko et al. 2011)
-- :func:`cp_conv2d`: CP, 1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1 (Lebedev et al. 2014), or
-  with the two depthwise convs merged into one kxk; a CP fit that stops unconverged warns with
+- :func:`cp_conv2d`: CP, 1x1 -> kxk depthwise -> 1x1 (default), or Lebedev et al.'s (2014)
+  1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1; a CP fit that stops unconverged warns with
   :class:`CPConvergenceWarning`
 - :func:`tucker2_conv2d`: Tucker-2, 1x1 -> kxk core -> 1x1 (Kim et al. 2015)
 

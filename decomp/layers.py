@@ -142,7 +142,11 @@ def _vertical_horizontal(value, neutral):
 
 
 CP_SPATIAL = ("separable", "merged")  # cp_layers(spatial=...): the two forms of the spatial convs
-CP_SPATIAL_DEFAULT = "separable"  # see cp_layers and results/layers/vgg16_cp_spatial_cpu_b1_t1.md
+# The default form: merged. On CPU at batch 1 and R = T/4 it ran faster than the separable form on
+# 11 of VGG16's 13 3x3 convs in NCHW (geometric mean x1.07) and on 9 of 13 in channels_last
+# (x1.03), and at most 7% slower on the others (results/layers/vgg16_cp_spatial_cpu_b1_t1.md):
+# one pass over the R-channel map fewer outweighs 9 instead of 6 MACs per pixel and channel.
+CP_SPATIAL_DEFAULT = "merged"
 
 
 def check_spatial(spatial: object) -> str:
@@ -163,7 +167,8 @@ def cp_layers(layer: nn.Conv2d, rank: int, device=None, spatial: str = CP_SPATIA
     ``spatial="merged"``: 1x1 S -> R, one (kh x kw) depthwise conv with the layer's whole
     geometry (its filter r the outer product c_r d_r^T), 1x1 R -> T. kh*kw instead of kh+kw
     MACs per pixel and channel in the middle, but one layer (one pass over the R-channel map)
-    fewer; ``results/layers/vgg16_cp_spatial_*`` measures the two.
+    fewer; ``results/layers/vgg16_cp_spatial_*`` measures the two (the default,
+    :data:`CP_SPATIAL_DEFAULT`, is ``"merged"`` from that measurement).
     """
     check_spatial(spatial)
     if spatial == "merged":

@@ -110,6 +110,10 @@ def test_cp_merged_structure_keeps_the_whole_geometry():
     assert (last.in_channels, last.out_channels) == (6, T) and torch.equal(last.bias, layer.bias)
 
 
+def test_cp_default_form_is_merged():
+    assert len(cp_conv2d(nn.Conv2d(S, T, 3, padding=1), 4, max_iter=20)) == 3
+
+
 def test_cp_options_are_checked():
     layer = nn.Conv2d(6, 5, 3)
     with pytest.raises(ValueError, match=r"spatial='fused'.*'separable' and 'merged'"):
@@ -133,7 +137,7 @@ def test_tucker2_structure_and_settings():
 
 def test_cp_structure_splits_geometry_between_depthwise_layers():
     layer = nn.Conv2d(S, T, (3, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), padding_mode="reflect")
-    first, vertical, horizontal, last = cp_conv2d(layer, 6)
+    first, vertical, horizontal, last = cp_conv2d(layer, 6, spatial="separable")
     assert (first.in_channels, first.out_channels, first.kernel_size, first.bias) == (S, 6, (1, 1), None)
     assert (vertical.kernel_size, vertical.stride, vertical.padding, vertical.dilation) == ((3, 1), (2, 1), (1, 0), (2, 1))
     assert (horizontal.kernel_size, horizontal.stride, horizontal.padding, horizontal.dilation) == ((1, 5), (1, 3), (0, 2), (1, 1))
