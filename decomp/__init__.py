@@ -2,8 +2,11 @@
 
 Layer decompositions (each returns an ``nn.Sequential`` of stock PyTorch layers):
 
-- :func:`svd_linear` / :func:`svd_conv1x1`: truncated SVD (Girshick, Fast R-CNN 2015)
-- :func:`cp_conv2d`: CP, 1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1 (Lebedev et al. 2014)
+- :func:`svd_linear` / :func:`svd_conv1x1`: truncated SVD (Girshick, Fast R-CNN 2015), exact
+  or randomized (Halko et al. 2011)
+- :func:`cp_conv2d`: CP, 1x1 -> kxk depthwise -> 1x1 (default), or Lebedev et al.'s (2014)
+  1x1 -> kx1 depthwise -> 1xk depthwise -> 1x1; a CP fit that stops unconverged warns with
+  :class:`CPConvergenceWarning`
 - :func:`tucker2_conv2d`: Tucker-2, 1x1 -> kxk core -> 1x1 (Kim et al. 2015)
 
 Rank selection: :func:`evbmf` (Nakajima et al. 2013) and the policies of :mod:`decomp.rank`.
@@ -14,6 +17,7 @@ factors are fitted to each layer's responses (:mod:`decomp.calibration`), with
 
 from .budget import MACs, Latency
 from .cp import cp_conv2d
+from .cp_als import CPConvergenceWarning
 from .measure import count_macs, count_params
 from .model import build_decomposed, decompose
 from .rank import VBMF, Energy, Fraction
@@ -28,6 +32,7 @@ __all__ = [
     "svd_linear",
     "svd_conv1x1",
     "cp_conv2d",
+    "CPConvergenceWarning",
     "tucker2_conv2d",
     "evbmf",
     "VBMFResult",

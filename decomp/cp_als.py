@@ -24,16 +24,32 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
 
-__all__ = ["CPResult", "cp_als", "cp_tensorly", "svd_init", "balance_cp", "cp_to_tensor"]
+__all__ = ["CPResult", "CPConvergenceWarning", "cp_als", "cp_tensorly", "svd_init", "balance_cp", "cp_to_tensor"]
 
 _NDIM = 4
 _DTYPES = (torch.float32, torch.float64)
+_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-10}  # default floor: an exact fit, per dtype
+_EXACT_BELOW = 1e5  # errors e with e^2 < this * eps come from the reconstruction (see _Problem)
+_WINDOW = 10  # sweeps over which the relative rule averages the error's decrease
+_LS_START, _LS_GROW, _LS_MAX = 1.5, 1.25, 8.0  # line-search step: first, growth per kept push, cap
+_SAME_OPTIMUM = 1e-3  # two runs whose errors differ by less than this (relative) found one optimum
+# A run stopped by the relative rule is restarted only below this error: a near-exact fit that
+# stalled (a swamp; the unrecovered exact-rank kernels of results/cp_als/recovery* stop at 5e-3
+# to 5e-2). Far from an exact fit, runs from other starts end at about the same error (VGG16's
+# random kernels at R = T/4: 0.9431 against 0.9431) for twice the time.
+_PLATEAU_BELOW = 0.1
+_RESTART_SEED_STRIDE = 1_000_003  # restart r draws from seed + stride * (r + 1), apart from svd_init's
+
+
+class CPConvergenceWarning(UserWarning):
+    """CP-ALS stopped at ``max_iter`` sweeps in every run without meeting its stopping rule."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,10 @@ class CPResult:
     ``factors[n]`` has shape ``(tensor.shape[n], R)`` with unit-norm columns, ``weights`` (R,)
     holds the components' scales (sorted in decreasing order), ``rel_error`` is
     ``||X - X_hat|| / ||X||`` computed from the full reconstruction once at the end,
-    ``n_iter`` the ALS sweeps run and ``converged`` whether the ``tol`` test stopped them.
+    ``n_iter`` the ALS sweeps run (all runs together), ``converged`` whether the kept run
+    stopped by the floor or the relative rule rather than ``max_iter``, ``restarts`` the runs
+    from random starts after the first and ``stop`` why the kept run stopped (``"floor"``,
+    ``"tol"`` or ``"max_iter"``; ``""`` where not known).
     """
 
     weights: torch.Tensor
@@ -51,6 +70,8 @@ class CPResult:
     rel_error: float
     n_iter: int
     converged: bool
+    restarts: int = 0
+    stop: str = ""
 
     @property
     def rank(self) -> int:
@@ -100,6 +121,16 @@ def _check_tol(tol: Any) -> None:
         raise TypeError(f"Got tol={tol!r} of type {type(tol).__name__}. However, tol must be a real number.")
     if not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"Got tol={tol}. However, tol must be a finite number >= 0 (0 runs exactly max_iter sweeps).")
+
+
+def _check_floor(floor: Any, dtype: torch.dtype) -> float:
+    if floor is None:
+        return _FLOOR[dtype]
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real):
+        raise TypeError(f"Got floor={floor!r} of type {type(floor).__name__}. However, floor must be a real number or None.")
+    if not (math.isfinite(floor) and 0 <= floor < 1):
+        raise ValueError(f"Got floor={floor}. However, floor must be a number in [0, 1) or None (the dtype's default).")
+    return float(floor)
 
 
 def _check_args(tensor: Any, rank: Any, max_iter: Any, tol: Any, seed: Any) -> None:
@@ -291,19 +322,21 @@ def _update(mttkrp: torch.Tensor, v: torch.Tensor, eps: float) -> tuple[torch.Te
     return unit.to(mttkrp.dtype), unit.T @ unit, norms
 
 
-def _sweep(x: _Layouts, factors: list[torch.Tensor], eps: float) -> tuple[list[torch.Tensor], torch.Tensor, float, float]:
-    """One ALS sweep over modes 0..3. ``factors`` have unit columns in and out.
+def _mode0(x: _Layouts, a1: torch.Tensor, kr23: torch.Tensor, v: torch.Tensor, eps: float):
+    """Update factor 0 from the other three: (unit factor 0, its Gram, its scales, M0).
 
-    Returns the new factors, the weights (the scales of the last update), and <X, X_hat> and
-    ||X_hat||^2 of the new model in float64 (for the error formula, no reconstruction).
+    M0[t,r] = sum_{s,k,l} X[t,s,k,l] A1[s,r] A2[k,r] A3[l,r], ``kr23`` the Khatri-Rao of A2, A3.
     """
-    i0, i1, i2, i3 = x.shape
-    a0, a1, a2, a3 = factors
-    g1, g2, g3 = _gram(a1), _gram(a2), _gram(a3)
-    kr23 = khatri_rao(a2, a3)  # (I2*I3, R): the only Khatri-Rao formed, I2*I3 rows (9 for 3x3)
-    # mode 0: M0[t,r] = sum_{s,k,l} X[t,s,k,l] A1[s,r] A2[k,r] A3[l,r]
+    i0, _, i2, i3 = x.shape
     q = (x.s_inner @ a1).view(i0, i2 * i3, -1)  # (I0, I2*I3, R), sum over s
-    a0, g0, _ = _update((q * kr23).sum(1), g1 * g2 * g3, eps)
+    m0 = (q * kr23).sum(1)
+    a0, g0, w0 = _update(m0, v, eps)
+    return a0, g0, w0, m0
+
+
+def _modes123(x: _Layouts, a0, g0, a1, kr23, g2, g3, a3, eps):
+    """The rest of a sweep after factor 0: modes 1, 2, 3 in turn (see :func:`_sweep`)."""
+    i0, i1, i2, i3 = x.shape
     # mode 1: M1[s,r] = sum_{t,k,l} X[t,s,k,l] A0[t,r] A2[k,r] A3[l,r]
     q = (x.t_inner @ a0).view(i1, i2 * i3, -1)  # (I1, I2*I3, R), sum over t
     a1, g1, _ = _update((q * kr23).sum(1), g0 * g2 * g3, eps)
@@ -323,56 +356,221 @@ def _sweep(x: _Layouts, factors: list[torch.Tensor], eps: float) -> tuple[list[t
     return [a0, a1, a2, a3], weights.to(a3.dtype), inner, norm_hat2
 
 
+def _sweep(x: _Layouts, factors: list[torch.Tensor], eps: float) -> tuple[list[torch.Tensor], torch.Tensor, float, float]:
+    """One plain ALS sweep over modes 0..3. ``factors`` have unit columns in and out.
+
+    Returns the new factors, the weights (the scales of the last update), and <X, X_hat> and
+    ||X_hat||^2 of the new model in float64 (for the error formula, no reconstruction).
+    """
+    _, a1, a2, a3 = factors
+    g1, g2, g3 = _gram(a1), _gram(a2), _gram(a3)
+    kr23 = khatri_rao(a2, a3)  # (I2*I3, R): the only Khatri-Rao formed, I2*I3 rows (9 for 3x3)
+    a0, g0, _, _ = _mode0(x, a1, kr23, g1 * g2 * g3, eps)
+    return _modes123(x, a0, g0, a1, kr23, g2, g3, a3, eps)
+
+
+# ----------------------------------------------------------------------------- one ALS run
+
+
+@dataclass
+class _Run:
+    """Where one ALS run (from one init) ended: unit-column factors, weights, relative error,
+    sweeps, and why it stopped: ``"floor"`` (exact fit), ``"tol"`` (the relative rule) or
+    ``"max_iter"`` (unconverged)."""
+
+    weights: torch.Tensor
+    factors: list[torch.Tensor]
+    error: float
+    n_iter: int
+    stop: str
+
+
+class _Problem:
+    """The tensor of one decomposition with what every run shares: its layouts, ||X||^2 and
+    the error level below which the cheap error formula is replaced by a reconstruction."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+        self.x = _Layouts(tensor)
+        self.eps = torch.finfo(tensor.dtype).eps
+        self.norm_x2 = float(torch.linalg.vector_norm(tensor, dtype=torch.float64) ** 2)
+        # ||X||^2 - 2<X, X_hat> + ||X_hat||^2 carries an absolute error of order eps * ||X||^2
+        # (<X, X_hat> comes from an MTTKRP in the input dtype), so a relative error e is known
+        # only to about eps / e^2 relative: below e^2 = 1e5 * eps (float32: e ~ 0.11) that noise
+        # reaches the relative rule's default 1e-5 per sweep, so the error is taken from the full
+        # reconstruction there instead (one more GEMM of the sweep's size).
+        self.exact_below2 = _EXACT_BELOW * self.eps
+
+    def error(self, inner: float, norm_hat2: float, weights: torch.Tensor, factors: list[torch.Tensor]) -> float:
+        """||X - X_hat|| / ||X|| of the model, from the cheap formula or, near exact fits, exactly."""
+        err2 = (self.norm_x2 - 2.0 * inner + norm_hat2) / self.norm_x2
+        if not math.isfinite(err2):
+            return err2
+        if err2 >= self.exact_below2:
+            return math.sqrt(err2)
+        return _relative_error(self.tensor, weights, factors)
+
+
+def _extrapolate(new: torch.Tensor, old: torch.Tensor, step: float) -> torch.Tensor:
+    """``old + step * (new - old)`` with unit columns again (both have unit columns)."""
+    f = old + step * (new - old)
+    norms = torch.linalg.vector_norm(f, dim=0)
+    return f / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def _als_run(p: _Problem, weights: torch.Tensor, factors: list[torch.Tensor], *, max_iter: int, tol: float,
+             floor: float, line_search: bool) -> _Run:
+    """ALS sweeps from one starting model until the floor, the relative rule or ``max_iter``.
+
+    Line search (Bro 1998, sec. 4.5; Rajih, Comon & Harshman 2008): before each sweep, factors
+    1..3 are pushed along their change over the last sweep, ``F_{k-1} + s (F_k - F_{k-1})``, and
+    factor 0 is solved for the pushed factors. That solve is the sweep's own first update, so
+    the attempt costs nothing when it is kept; it is kept only when the error after it is below
+    the error of the last sweep, so the error never increases. The step ``s`` grows by
+    ``_LS_GROW`` after each kept push (up to ``_LS_MAX``) and falls back to ``_LS_START`` after a
+    refused one, which then costs one MTTKRP (a third of a sweep).
+    """
+    x, eps = p.x, p.eps
+    errors: list[float] = []
+    prev, step = None, _LS_START
+    stop, n_iter = "max_iter", 0
+    for n_iter in range(1, max_iter + 1):
+        _, a1, a2, a3 = factors
+        pushed = None
+        if line_search and prev is not None:
+            e1, e2, e3 = (_extrapolate(f, g, step) for f, g in zip(factors[1:], prev[1:]))
+            kr = khatri_rao(e2, e3)
+            ge = [_gram(e) for e in (e1, e2, e3)]
+            b0, gb0, wb0, m0 = _mode0(x, e1, kr, ge[0] * ge[1] * ge[2], eps)
+            # At the least-squares optimum of factor 0, <X, X_hat> = ||X_hat||^2 = <M0, A0>.
+            inner = float((m0.to(torch.float64) * b0.to(torch.float64) * wb0).sum())
+            err_pushed = p.error(inner, inner, wb0.to(b0.dtype), [b0, e1, e2, e3])
+            if err_pushed < errors[-1]:
+                pushed = (b0, gb0, e1, kr, ge[1], ge[2], e3)
+                step = min(step * _LS_GROW, _LS_MAX)
+            else:
+                step = _LS_START
+        if pushed is None:
+            g1, g2, g3 = _gram(a1), _gram(a2), _gram(a3)
+            kr23 = khatri_rao(a2, a3)
+            a0, g0, _, _ = _mode0(x, a1, kr23, g1 * g2 * g3, eps)
+            pushed = (a0, g0, a1, kr23, g2, g3, a3)
+        prev = factors
+        factors, weights, inner, norm_hat2 = _modes123(x, *pushed, eps)
+        err = p.error(inner, norm_hat2, weights, factors)
+        if not math.isfinite(err):
+            raise FloatingPointError(f"CP-ALS diverged at sweep {n_iter} (error {err}); check the input scale.")
+        errors.append(err)
+        if err <= floor:
+            stop = "floor"
+            break
+        if tol > 0 and n_iter > _WINDOW and errors[-1 - _WINDOW] - err < _WINDOW * tol * err:
+            stop = "tol"
+            break
+    return _Run(weights, factors, errors[-1], n_iter, stop)
+
+
+def _stalled(run: _Run) -> bool:
+    """Whether a run is worth restarting: unconverged, or stopped on a plateau near an exact fit."""
+    return run.stop == "max_iter" or (run.stop == "tol" and run.error < _PLATEAU_BELOW)
+
+
+def _random_init(tensor: torch.Tensor, rank: int, seed: int, restart: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Independent standard normal factors with unit columns for restart number ``restart``,
+    from a CPU generator seeded by ``(seed, restart)``: the same on every device and run."""
+    gen = torch.Generator(device="cpu").manual_seed(_RESTART_SEED_STRIDE * (restart + 1) + int(seed))
+    factors = []
+    for size in tensor.shape:
+        f = torch.randn(size, rank, generator=gen, dtype=torch.float64)
+        f = f / torch.linalg.vector_norm(f, dim=0).clamp_min(torch.finfo(torch.float64).tiny)
+        factors.append(f.to(device=tensor.device, dtype=tensor.dtype))
+    return torch.ones(rank, dtype=tensor.dtype, device=tensor.device), factors
+
+
+# ----------------------------------------------------------------------------- CP-ALS
+
+
 def cp_als(
     tensor: torch.Tensor,
     rank: int,
     *,
-    max_iter: int = 100,
-    tol: float = 1e-6,
+    max_iter: int = 3000,
+    tol: float = 1e-5,
+    floor: float | None = None,
+    line_search: bool = True,
+    restarts: int = 2,
     init: InitArg = "svd",
     seed: int = 0,
 ) -> CPResult:
     """Rank-``rank`` CP decomposition of a 4-D float tensor by alternating least squares.
 
+    A run of ALS sweeps (each updates all four factors once, with line search) stops when the
+    error reaches ``floor`` (an exact fit), when it has stopped improving (``tol``), or after
+    ``max_iter`` sweeps (unconverged). A run that stops unconverged, or on a plateau near an
+    exact fit (the relative rule at an error below ``_PLATEAU_BELOW`` = 0.1, a swamp), is
+    followed by up to ``restarts`` runs from random starts, and the lowest-error run is kept; the restarts end early once one finds the best error again (within
+    ``_SAME_OPTIMUM`` relative): the same optimum reached from two starts (Bro 1997, "multiple
+    starts"). A kept run that is unconverged gives a :class:`CPConvergenceWarning` (not with
+    ``tol=0``, which asks for a fixed number of sweeps).
+
     Args:
         tensor: (I0, I1, I2, I3), float32 or float64, finite, on any device; the work runs there.
         rank: number of rank-one components R >= 1 (may exceed some mode sizes).
-        max_iter: most ALS sweeps (each updates all four factors once).
-        tol: stop when the relative error ``||X - X_hat|| / ||X||`` changes by less than ``tol``
-            between two sweeps (tensorly's ``cvg_criterion='abs_rec_error'``); 0 runs exactly
-            ``max_iter`` sweeps. The per-sweep error uses ``||X||^2 - 2<X, X_hat> + ||X_hat||^2``
-            with ``<X, X_hat>`` from the last MTTKRP and ``||X_hat||^2`` from the Gram matrices;
-            by cancellation it cannot resolve errors below about sqrt(eps) of the input dtype
-            (~3e-4 in float32, ~1.5e-8 in float64), where a finer ``tol`` may run to ``max_iter``.
+        max_iter: most ALS sweeps of one run.
+        tol: relative stopping rule: a run stops when its relative error ``e = ||X - X_hat|| / ||X||``
+            fell by less than ``tol * e`` per sweep on average over the last ``_WINDOW`` sweeps
+            (relative to the error itself, so a plateau at a small error is not mistaken for
+            convergence, unlike tensorly's absolute ``abs_rec_error``); 0 turns the rule off.
+        floor: a run stops, converged, once ``e <= floor``; ``None``: ``_FLOOR[dtype]`` (1e-5 for
+            float32, 1e-10 for float64: far below the 1e-3 of a recovered kernel, above rounding
+            level); 0 turns it off. With ``tol=0`` and ``floor=0`` a run is exactly ``max_iter`` sweeps.
+        line_search: extrapolate factors between sweeps (see ``_als_run``); ``False`` is plain ALS,
+            the iterates of tensorly's ``parafac`` from the same init.
+        restarts: most extra runs from random starts (0: one run only).
         init: ``"svd"`` (:func:`svd_init` with ``seed``), or a starting model: a :class:`CPResult`,
-            a tensorly ``CPTensor`` or a ``(weights, factors)`` pair.
-        seed: seeds the local generator that fills the SVD init's extra columns; the global
-            RNG is never touched, and equal inputs and seed give equal results.
+            a tensorly ``CPTensor`` or a ``(weights, factors)`` pair; restarts start at random.
+        seed: seeds the local generators of the SVD init's extra columns and of the restarts;
+            the global RNG is never touched, and equal inputs and seed give equal results.
+
+    The per-sweep error uses ``||X||^2 - 2<X, X_hat> + ||X_hat||^2`` with ``<X, X_hat>`` from the
+    last MTTKRP and ``||X_hat||^2`` from the Gram matrices; where cancellation would blur it
+    (below ``e ~ sqrt(1e5 eps)``, about 0.11 in float32) it is taken from the reconstruction.
 
     Returns:
-        :class:`CPResult` with unit-norm factor columns, weights sorted decreasingly and the
-        relative error of the final model from its full reconstruction.
+        :class:`CPResult` with unit-norm factor columns, weights sorted decreasingly, the
+        relative error of the kept model from its full reconstruction, the sweeps of all runs,
+        the restarts run and whether the kept run converged.
     """
     _check_args(tensor, rank, max_iter, tol, seed)
+    _check_int("restarts", restarts, 0)
+    if not isinstance(line_search, bool):
+        raise TypeError(f"Got line_search={line_search!r}. However, line_search must be True or False.")
+    floor = _check_floor(floor, tensor.dtype)
     weights, factors = _resolve_init(init, tensor, rank, seed)
+    run_opts = dict(max_iter=max_iter, tol=tol, floor=floor, line_search=line_search)
     with torch.no_grad():
-        weights, factors = _normalize(factors, weights)
-        x = _Layouts(tensor.detach())
-        eps = torch.finfo(tensor.dtype).eps
-        norm_x2 = float(torch.linalg.vector_norm(tensor, dtype=torch.float64) ** 2)
-        prev, converged, n_iter = math.inf, False, 0
-        for n_iter in range(1, max_iter + 1):
-            factors, weights, inner, norm_hat2 = _sweep(x, factors, eps)
-            err = math.sqrt(max(norm_x2 - 2.0 * inner + norm_hat2, 0.0) / norm_x2)
-            if not math.isfinite(err):
-                raise FloatingPointError(f"CP-ALS diverged at sweep {n_iter} (error {err}); check the input scale.")
-            if abs(prev - err) < tol:
-                converged = True
+        p = _Problem(tensor.detach())
+        best = _als_run(p, *_normalize(factors, weights), **run_opts)
+        sweeps, n_restarts = best.n_iter, 0
+        while n_restarts < restarts and _stalled(best):
+            n_restarts += 1
+            run = _als_run(p, *_random_init(tensor, rank, seed, n_restarts), **run_opts)
+            sweeps += run.n_iter
+            same = abs(run.error - best.error) <= _SAME_OPTIMUM * best.error
+            if run.error < best.error:
+                best = run
+            if same:
                 break
-            prev = err
-        weights, factors = _sorted_by_weight(weights, factors)
+        weights, factors = _sorted_by_weight(best.weights, best.factors)
         rel = _relative_error(tensor.detach(), weights, factors)
-    return CPResult(weights=weights, factors=factors, rel_error=rel, n_iter=n_iter, converged=converged)
+    converged = best.stop != "max_iter"
+    if not converged and tol > 0:  # tol=0 asks for exactly max_iter sweeps: nothing to warn about
+        warnings.warn(CPConvergenceWarning(
+            f"CP-ALS at rank {rank} on a tensor of shape {tuple(tensor.shape)} stopped unconverged: "
+            f"{max_iter} sweeps (max_iter) in each of {n_restarts + 1} run(s), relative error {rel:.3g}; "
+            "raise max_iter or restarts, or lower the rank."), stacklevel=2)
+    return CPResult(weights=weights, factors=factors, rel_error=rel, n_iter=sweeps, converged=converged,
+                    restarts=n_restarts, stop=best.stop)
 
 
 # ----------------------------------------------------------------------------- tensorly reference

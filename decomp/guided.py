@@ -64,7 +64,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
         searchable = {n: s[0] for n, s in selected.items()
                       if not isinstance(s, LayerReport) and _match_override(n, overrides) is None}
         searched, budget_info = _search(model, new_model, candidates, searchable, shapes, input_shape, budget,
-                                        cal, rank_multiple, started)
+                                        cal, rank_multiple, started, method_options)
 
     rows: dict[str, LayerReport] = {}
     for name in tqdm(order, desc="decompose", unit="layer", disable=not progress):
@@ -238,7 +238,8 @@ def _candidate_error(spectra, ranks) -> float:
     return math.sqrt(_tail(spectra[0], ranks[0]) + _tail(spectra[1], ranks[1]))
 
 
-def _search(model, new_model, candidates, searchable, shapes, input_shape, budget, cal, rank_multiple, started):
+def _search(model, new_model, candidates, searchable, shapes, input_shape, budget, cal, rank_multiple, started,
+            method_options=None):
     moments = C.model_moments(model, searchable, cal) if cal is not None and searchable else None
     latency = isinstance(budget, Latency)
     options, planned_of = [], {}
@@ -250,7 +251,7 @@ def _search(model, new_model, candidates, searchable, shapes, input_shape, budge
         planned = {}
         for r in _candidate_ranks(method, layer.weight, rank_multiple):
             try:
-                r, arch = _planned(method, layer, r, rank_multiple, name)
+                r, arch = _planned(method, layer, r, rank_multiple, name, (method_options or {}).get(method))
             except ValueError:
                 continue
             if count_params(arch) < params0 and count_macs(arch, in_shape) < macs0:

@@ -383,11 +383,19 @@ def _select(name, layer, in_shape, table, default_policy, overrides):
     return method, policy
 
 
-def _planned(method, layer, ranks, rank_multiple, name):
+def _build_options(method, options, missing: str = L.CP_SPATIAL_DEFAULT) -> dict:
+    """The options of ``method`` that shape its architecture (CP's ``spatial``), from its
+    ``method_options`` or from a report row's ``info``; ``missing`` where they do not say."""
+    if method == "cp":
+        return {"spatial": (options or {}).get("spatial", missing)}
+    return {}
+
+
+def _planned(method, layer, ranks, rank_multiple, name, options=None):
     """Ranks rounded and checked, and the empty (``meta``) architecture they give."""
     ranks = _round_up(ranks, rank_multiple, method, layer.weight)
     ranks = _check_planned_ranks(method, layer, ranks, name)
-    return ranks, _DECOMPOSERS[method][1](layer, ranks, device="meta")
+    return ranks, _DECOMPOSERS[method][1](layer, ranks, device="meta", **_build_options(method, options))
 
 
 def _realise(name, layer, in_shape, method, ranks, method_options, rank_multiple=1, min_speedup=None,
@@ -399,7 +407,7 @@ def _realise(name, layer, in_shape, method, ranks, method_options, rank_multiple
     """
     params_before = count_params(layer)
     macs_before = count_macs(layer, in_shape) if in_shape is not None else None
-    ranks, planned = _planned(method, layer, ranks, rank_multiple, name)
+    ranks, planned = _planned(method, layer, ranks, rank_multiple, name, method_options.get(method))
     params_after = count_params(planned)
     macs_after = count_macs(planned, in_shape) if in_shape is not None else None
     if params_after >= params_before or (macs_before is not None and macs_after >= macs_before):
@@ -460,7 +468,8 @@ def build_decomposed(model: nn.Module, report: Report | Iterable[Mapping[str, An
             raise ValueError(f"report row {name!r} names no module of this model.") from None
         ranks = tuple(ranks) if isinstance(ranks, list) else ranks
         build = _DECOMPOSERS[method][1]
-        new_layer = build(layer, ranks, device="meta").to_empty(device=layer.weight.device)
+        options = _build_options(method, row.get("info"), missing="separable")  # rows from before `spatial`
+        new_layer = build(layer, ranks, device="meta", **options).to_empty(device=layer.weight.device)
         if name == "":
             new_model = new_layer
         else:

@@ -31,7 +31,10 @@ class LayerReport:
     ``macs_*`` are multiply-accumulates for one forward pass at the report's ``input_shape``
     (``None`` where the layer was not reached by that forward pass, or no shape was given);
     ``rel_error`` is ``||W - W_hat||_F / ||W||_F`` of the weight; ``skipped`` is the reason the
-    layer was left as it was, ``None`` when it was decomposed.
+    layer was left as it was, ``None`` when it was decomposed. ``info`` holds what the method
+    says about its fit: for CP ``converged``, ``n_iter`` (sweeps of all runs), ``restarts``,
+    ``stop`` and ``spatial``; for SVD ``svd_algorithm`` and, on the exact path,
+    ``optimal_rel_error``.
     """
 
     name: str
@@ -144,13 +147,23 @@ class Report:
                 macs = _si(r.macs_before)
             red = f"{r.mac_reduction:.2f}" if r.decomposed and r.mac_reduction else ""
             err = f"{r.rel_error:.3f}" if r.rel_error is not None else ""
-            note = r.skipped or ("data-aware fit, output error "
-                                 f"{r.info['output_rel_error']:.3f}" if "output_rel_error" in r.info else "")
+            note = r.skipped or _note(r.info)
             lines.append("| " + " | ".join([r.name, r.layer, r.method or "", ranks, params, macs, red, err, note]) + " |")
         return "\n".join(lines) + "\n\n" + self.summary() + "\n"
 
     def __str__(self) -> str:
         return self.to_markdown()
+
+
+def _note(info: dict[str, Any]) -> str:
+    """What a decomposed row's note column says: a data-aware fit's output error, a CP fit that
+    stopped unconverged (``info["converged"]`` False, see :func:`decomp.cp_als.cp_als`)."""
+    notes = []
+    if "output_rel_error" in info:
+        notes.append(f"data-aware fit, output error {info['output_rel_error']:.3f}")
+    if info.get("converged") is False:
+        notes.append(f"CP-ALS unconverged after {info.get('n_iter')} sweeps")
+    return "; ".join(notes)
 
 
 def _si(n: float) -> str:

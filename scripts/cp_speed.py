@@ -7,9 +7,18 @@ interleaved (tensorly, ours, tensorly, ours, ...) so machine noise hits both ali
 over ``repeats`` is reported with the min and max in the CSV. The init time is measured
 separately and is in neither algorithm's time.
 
+Part 1 runs plain ALS on our side (``line_search=False, restarts=0``): the same iterates as
+tensorly's, so the ratio is the cost of a sweep.
+
 Part 2: the time to CP-decompose every 3x3 conv of torchvision's ``vgg16()`` except the first
 at rank out_channels // ``vgg_rank_divisor`` with ``cp_als``'s default settings (SVD init,
-max_iter=100, tol=1e-6), each timed once, plus ``balance_cp``, as ``decomp.cp.cp_conv2d`` does.
+up to 3000 sweeps, relative tol 1e-5, line search, up to 2 restarts), each timed once, plus
+``balance_cp``, as ``decomp.cp.cp_conv2d`` does.
+
+Part 3, defaults against defaults: for one VGG16 conv per size in ``defaults_sizes`` (the first
+(T, T, 3, 3) layer of each), ``cp_als`` at its defaults against ``tensorly.decomposition.parafac``
+at its own (``n_iter_max=100``, ``tol=1e-8`` on the absolute change, tensorly's SVD init),
+interleaved, once each: time, sweeps and final error of both.
 
 All kernels hold random weights of torchvision's VGG init (kaiming normal, fan_out, ReLU gain),
 seeded. Writes to ``out_dir`` (default ``results/cp_als``):
@@ -61,6 +70,7 @@ class Config:
     repeats: int = 3  # timed runs per algorithm and case, interleaved; median reported
     vgg_rank_divisor: int = 4  # VGG16 part: rank = out_channels // this
     vgg: bool = True  # run part 2 (all VGG16 3x3 convs but the first)
+    defaults_sizes: tuple[int, ...] = (64, 128, 256, 512)  # part 3: channels of the (T, T, 3, 3) layers; () skips it
     seed: int = 0  # seed of the kernels' weights and of the SVD init
     threads: int = 2  # torch intra-op threads
     device: str = "cpu"  # where the decompositions run
@@ -73,7 +83,7 @@ def parse_args(argv=None) -> Config:
     p.set_defaults(out_dir=None)  # None: not given, so --quick may pick a temporary folder
     ns = config_values(p.parse_args(argv), Config)
     if ns["quick"]:
-        ns.update(sizes=(16, 32), n_iter=3, repeats=1)
+        ns.update(sizes=(16, 32), n_iter=3, repeats=1, defaults_sizes=(64,))
     if ns["out_dir"] is None:
         ns["out_dir"] = str(Path(tempfile.gettempdir()) / "decomp_cp_als_quick") if ns["quick"] else Config().out_dir
     if ns["repeats"] < 1 or ns["n_iter"] < 1:
@@ -135,12 +145,13 @@ def compare_case(t: int, rank: int, cfg: Config) -> dict:
     x = vgg_kernel((t, t, 3, 3), cfg.seed).to(cfg.device)
     init, init_s = timed(lambda: svd_init(x, rank, seed=cfg.seed), cfg.device)
     run = dict(max_iter=cfg.n_iter, tol=0.0, init=init)
+    plain = dict(line_search=False, restarts=0)  # tensorly's iterates: a sweep against a sweep
     times = {"tensorly": [], "ours": []}
     results = {}
     for _ in range(cfg.repeats):  # interleaved: tensorly, ours, tensorly, ours, ...
         results["tensorly"], s = timed(lambda: cp_tensorly(x, rank, **run), cfg.device)
         times["tensorly"].append(s)
-        results["ours"], s = timed(lambda: cp_als(x, rank, **run), cfg.device)
+        results["ours"], s = timed(lambda: cp_als(x, rank, **run, **plain), cfg.device)
         times["ours"].append(s)
     tl_s, our_s = statistics.median(times["tensorly"]), statistics.median(times["ours"])
     tl_err, our_err = results["tensorly"].rel_error, results["ours"].rel_error
@@ -165,7 +176,8 @@ def run_comparison(cfg: Config, out: Path) -> pd.DataFrame:
     notes = [
         f"Kernels: random weights of torchvision's VGG init (kaiming normal, fan_out, ReLU), seed {cfg.seed}.",
         f"Both start from the same factors (`svd_init`, seed {cfg.seed}; its time, column `init time s` in the "
-        f"CSV, is in neither) and run exactly {cfg.n_iter} ALS sweeps (tol=0).",
+        f"CSV, is in neither) and run exactly {cfg.n_iter} plain ALS sweeps (tol=0; ours with "
+        "line_search=False, restarts=0).",
         f"Times: median of {cfg.repeats} interleaved runs (min/max in the CSV), {cfg.device}, "
         f"{torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
         "(the machine's load average per case is in the CSV). Speedup = tensorly time / ours time; "
@@ -208,22 +220,65 @@ def run_vgg16(cfg: Config, out: Path) -> pd.DataFrame:
         rows.append({"layer": name,
                      "shape": "x".join(map(str, w.shape)), "rank": rank, "time s": s,
                      "rel. error": res.rel_error, "iterations": res.n_iter, "converged": res.converged,
-                     "load avg 1 min before": load1})
+                     "restarts": res.restarts, "stop": res.stop, "load avg 1 min before": load1})
     df = pd.DataFrame(rows)
     total = {"layer": "total", "shape": "", "rank": int(df["rank"].sum()), "time s": float(df["time s"].sum()),
              "rel. error": float("nan"), "iterations": int(df["iterations"].sum()), "converged": None,
-             "load avg 1 min before": float("nan")}
+             "restarts": int(df["restarts"].sum()), "stop": "", "load avg 1 min before": float("nan")}
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
     notes = [
         f"Every 3x3 conv of torchvision `vgg16()` except the first, random weights of its init (seed {cfg.seed}).",
-        f"Rank = out_channels // {cfg.vgg_rank_divisor}; `cp_als` defaults (SVD init, max_iter=100, tol=1e-6) "
-        "then `balance_cp`; time = one run of both, including the SVD init.",
+        f"Rank = out_channels // {cfg.vgg_rank_divisor}; `cp_als` defaults (SVD init, max_iter=3000, relative "
+        "tol=1e-5, line search, up to 2 restarts) then `balance_cp`; time = one run of both, including the SVD init; "
+        "iterations = sweeps of all runs, restarts = runs after the first, stop = why the kept run stopped.",
         f"{cfg.device}, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} "
         "(the machine's load average per layer is in the CSV). "
         "Total row: sums of rank, time and iterations.",
     ]
     write_table(df, out / "vgg16_all_convs", "CP-decomposing VGG16's 3x3 convs with cp_als", notes,
-                {"time s": ".3f", "rel. error": ".5f"}, _extra(cfg, start), md_columns=list(df.columns[:7]))
+                {"time s": ".3f", "rel. error": ".5f"}, _extra(cfg, start), md_columns=list(df.columns[:9]))
+    return df
+
+
+# ----------------------------------------------------------------------------- part 3
+
+
+def run_defaults(cfg: Config, out: Path) -> pd.DataFrame:
+    convs = {}
+    for name, conv in vgg16_convs(dataclasses.replace(cfg, quick=False)):
+        t, s = conv.weight.shape[:2]
+        if t == s and t in cfg.defaults_sizes and t not in convs:
+            convs[t] = (name, conv)
+    rows = []
+    start = time.perf_counter()
+    for t, (name, conv) in tqdm(sorted(convs.items()), desc="defaults vs defaults", file=sys.stderr):
+        w = conv.weight.detach().to(cfg.device)
+        rank = max(1, t // cfg.vgg_rank_divisor)
+        load1 = os.getloadavg()[0]
+        tl_res, tl_s = timed(lambda: cp_tensorly(w, rank, max_iter=100, tol=1e-8, init="svd", seed=cfg.seed), cfg.device)
+        our_res, our_s = timed(lambda: cp_als(w, rank, seed=cfg.seed), cfg.device)
+        rows.append({"layer": name, "shape": "x".join(map(str, w.shape)), "rank": rank,
+                     "tensorly time s": tl_s, "ours time s": our_s, "speedup x": tl_s / our_s,
+                     "tensorly sweeps": tl_res.n_iter, "ours sweeps": our_res.n_iter, "ours restarts": our_res.restarts,
+                     "tensorly rel. error": tl_res.rel_error, "ours rel. error": our_res.rel_error,
+                     "load avg 1 min before": load1, "load avg 1 min after": os.getloadavg()[0]})
+    df = pd.DataFrame(rows)
+    total = {"layer": "total", "shape": "", "rank": int(df["rank"].sum()),
+             "tensorly time s": float(df["tensorly time s"].sum()), "ours time s": float(df["ours time s"].sum()),
+             "speedup x": float(df["tensorly time s"].sum() / df["ours time s"].sum())}
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    notes = [
+        f"One VGG16 conv per size (random weights of torchvision's init, seed {cfg.seed}), rank = T // "
+        f"{cfg.vgg_rank_divisor}, each algorithm at its own defaults: `cp_als(w, rank)` (max_iter=3000, relative "
+        "tol=1e-5, line search, up to 2 restarts, our SVD init) and tensorly's `parafac` (n_iter_max=100, tol=1e-8 "
+        "absolute, tensorly's SVD init) through `cp_tensorly`; each timed once, tensorly first, init included.",
+        f"{cfg.device}, {torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}. "
+        "Total row: sums of times, speedup = total tensorly time / total ours.",
+    ]
+    fmt = {"tensorly time s": ".3f", "ours time s": ".3f", "speedup x": ".1f", "tensorly rel. error": ".5f",
+           "ours rel. error": ".5f"}
+    write_table(df, out / "cp_als_vs_tensorly_defaults", "cp_als at its defaults vs tensorly.parafac at its defaults",
+                notes, fmt, _extra(cfg, start), md_columns=list(df.columns[:11]))
     return df
 
 
@@ -242,6 +297,8 @@ def main(argv=None) -> None:
         run_comparison(cfg, out)
         if cfg.vgg:
             run_vgg16(cfg, out)
+        if cfg.defaults_sizes:
+            run_defaults(cfg, out)
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -86,6 +86,42 @@ def test_cp_exact_rank_is_recovered(name):
     assert rel_err(seq(x), y) <= 1e-3
 
 
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_cp_merged_and_separable_give_the_same_function(name):
+    layer = _conv(GEOMETRIES[name])
+    _set_weight(layer, exact_cp_weight(layer.weight.shape, 4))
+    separable = cp_conv2d(layer, 4, spatial="separable")  # same layer, same seed: the same factors
+    merged = cp_conv2d(layer, 4, spatial="merged")
+    assert len(separable) == 4 and len(merged) == 3
+    x = _x()
+    y = layer(x)
+    assert merged(x).shape == y.shape
+    assert rel_err(merged(x), separable(x)) <= 1e-12
+    assert rel_err(merged(x), y) <= 1e-3
+
+
+def test_cp_merged_structure_keeps_the_whole_geometry():
+    layer = nn.Conv2d(S, T, (3, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), padding_mode="reflect")
+    first, middle, last = cp_conv2d(layer, 6, spatial="merged", max_iter=20)
+    assert (first.in_channels, first.out_channels, first.kernel_size, first.bias) == (S, 6, (1, 1), None)
+    assert (middle.kernel_size, middle.stride, middle.padding, middle.dilation, middle.groups) == (
+        (3, 5), (2, 3), (1, 2), (2, 1), 6)
+    assert middle.padding_mode == "reflect" and middle.bias is None
+    assert (last.in_channels, last.out_channels) == (6, T) and torch.equal(last.bias, layer.bias)
+
+
+def test_cp_default_form_is_merged():
+    assert len(cp_conv2d(nn.Conv2d(S, T, 3, padding=1), 4, max_iter=20)) == 3
+
+
+def test_cp_options_are_checked():
+    layer = nn.Conv2d(6, 5, 3)
+    with pytest.raises(ValueError, match=r"spatial='fused'.*'separable' and 'merged'"):
+        cp_conv2d(layer, 2, spatial="fused")
+    with pytest.raises(ValueError, match=r"restarts=0 with algorithm='tensorly'.*'als' only"):
+        cp_conv2d(layer, 2, algorithm="tensorly", restarts=0)
+
+
 def test_tucker2_structure_and_settings():
     layer = _conv(GEOMETRIES["circular-dilated"])
     seq = tucker2_conv2d(layer, (4, 3))
@@ -101,7 +137,7 @@ def test_tucker2_structure_and_settings():
 
 def test_cp_structure_splits_geometry_between_depthwise_layers():
     layer = nn.Conv2d(S, T, (3, 5), stride=(2, 3), padding=(1, 2), dilation=(2, 1), padding_mode="reflect")
-    first, vertical, horizontal, last = cp_conv2d(layer, 6)
+    first, vertical, horizontal, last = cp_conv2d(layer, 6, spatial="separable")
     assert (first.in_channels, first.out_channels, first.kernel_size, first.bias) == (S, 6, (1, 1), None)
     assert (vertical.kernel_size, vertical.stride, vertical.padding, vertical.dilation) == ((3, 1), (2, 1), (1, 0), (2, 1))
     assert (horizontal.kernel_size, horizontal.stride, horizontal.padding, horizontal.dilation) == ((1, 5), (1, 3), (0, 2), (1, 1))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from decomp.cp_als import CPResult, _Layouts, _sweep, balance_cp, cp_als, cp_tensorly, cp_to_tensor, svd_init
+from decomp.cp_als import CPConvergenceWarning, CPResult, _Layouts, _sweep, balance_cp, cp_als, cp_tensorly, cp_to_tensor, svd_init
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -63,7 +63,7 @@ def test_exact_recovery_float32():
 def test_matches_tensorly_from_same_init(dtype):
     x = random_kernel((16, 12, 3, 3), seed=0, dtype=dtype)
     init = svd_init(x, 8, seed=0)
-    ours = cp_als(x, 8, max_iter=30, tol=0, init=init)
+    ours = cp_als(x, 8, max_iter=30, tol=0, init=init, line_search=False, restarts=0)
     ref = cp_tensorly(x, 8, max_iter=30, tol=0, init=init)
     assert ours.n_iter == ref.n_iter == 30
     assert not ours.converged and not ref.converged
@@ -85,9 +85,10 @@ def test_cheap_error_formula_equals_full_reconstruction():
 def test_tolerance_stops_early_and_reports_it():
     x = exact_cp_tensor((8, 6, 3, 3), 4, seed=0)
     res = cp_als(x, 4, max_iter=500, tol=1e-8)
-    assert res.converged and res.n_iter < 500
-    capped = cp_als(x, 4, max_iter=1, tol=1e-8)
-    assert capped.n_iter == 1 and not capped.converged
+    assert res.converged and res.n_iter < 500 and res.restarts == 0
+    with pytest.warns(CPConvergenceWarning, match="stopped unconverged"):
+        capped = cp_als(random_kernel((8, 6, 3, 3), seed=0), 4, max_iter=1, tol=1e-8, restarts=0)
+    assert capped.n_iter == 1 and not capped.converged and capped.stop == "max_iter"
 
 
 @pytest.mark.filterwarnings("ignore:Trying to compute SVD with n_eigenvecs:UserWarning")  # tensorly, rank > 3
@@ -142,6 +143,7 @@ def test_balance_handles_negative_weights_unnormalised_factors_and_zero_componen
 # ----------------------------------------------------------------------------- determinism, dtypes, devices
 
 
+@pytest.mark.filterwarnings("ignore::decomp.cp_als.CPConvergenceWarning")  # max_iter=15 on purpose
 def test_deterministic_for_a_seed_and_global_rng_untouched():
     x = random_kernel((16, 12, 3, 3), seed=6)
     state = torch.random.get_rng_state()
@@ -149,7 +151,8 @@ def test_deterministic_for_a_seed_and_global_rng_untouched():
     b = cp_als(x, 10, max_iter=15, seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(a.weights, b.weights) and all(torch.equal(f, g) for f, g in zip(a.factors, b.factors))
-    assert (a.rel_error, a.n_iter) == (b.rel_error, b.n_iter)
+    assert (a.rel_error, a.n_iter, a.restarts) == (b.rel_error, b.n_iter, b.restarts)
+    assert a.restarts >= 1  # unconverged after 15 sweeps: restarted, from the same random starts both times
     c = cp_als(x, 10, max_iter=15, seed=4)  # rank 10 > 3: the seed fills the spatial modes' extra columns
     assert not torch.equal(a.factors[2], c.factors[2])
 
@@ -169,7 +172,7 @@ def test_svd_init_fills_small_modes_with_unit_columns():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_and_device_follow_the_input(device, dtype):
     x = random_kernel((12, 8, 3, 3), seed=8, dtype=dtype).to(device)
-    res = cp_als(x, 6, max_iter=5)
+    res = cp_als(x, 6, max_iter=5, restarts=0, tol=0)
     for t in (res.weights, *res.factors, res.reconstruct(), *balance_cp(res)):
         assert t.dtype == dtype and t.device.type == device
     assert 0.0 < res.rel_error < 1.0 and res.n_iter == 5
@@ -224,3 +227,90 @@ def test_invalid_arguments_are_named(fn, kwargs, error, match):
 def test_balance_rejects_non_results():
     with pytest.raises(TypeError, match="CPResult"):
         balance_cp([torch.ones(2, 2)])
+
+
+# ----------------------------------------------------------------------------- stopping rule, restarts
+
+
+def exact_gaussian_cp_tensor(shape, rank, seed, dtype=torch.float32):
+    """Exactly CP rank ``rank`` with i.i.d. standard normal factors: the draws of
+    ``results/cp_als/recovery``, ill-conditioned ones included."""
+    gen = torch.Generator().manual_seed(seed)
+    factors = [torch.randn(n, rank, generator=gen, dtype=torch.float64) for n in shape]
+    return cp_to_tensor(torch.ones(rank, dtype=torch.float64), factors).to(dtype)
+
+
+@pytest.mark.parametrize("shape, rank", [((10, 12, 3, 3), 12), ((32, 16, 3, 3), 8), ((8, 8, 5, 5), 6), ((12, 10, 3, 5), 5)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_defaults_recover_exact_cp_rank_float32(shape, rank, seed):
+    x = exact_gaussian_cp_tensor(shape, rank, seed)
+    res = cp_als(x, rank)
+    assert res.rel_error <= 1e-3 and res.converged and res.stop == "floor"
+
+
+def test_relative_rule_is_scale_invariant_and_stops_a_plateau():
+    x = random_kernel((16, 12, 3, 3), seed=2, dtype=torch.float64)
+    a = cp_als(x, 6, restarts=0)
+    b = cp_als(x * 1e4, 6, restarts=0)
+    assert a.stop == b.stop == "tol" and a.converged and 10 < a.n_iter < 3000
+    assert a.n_iter == b.n_iter and a.rel_error == pytest.approx(b.rel_error, rel=1e-9)
+    # a finer tol runs longer and ends no worse
+    fine = cp_als(x, 6, restarts=0, tol=1e-8)
+    assert fine.n_iter > a.n_iter and fine.rel_error <= a.rel_error + 1e-12
+
+
+def test_floor_stops_exact_fits_and_zero_floor_and_tol_run_every_sweep():
+    x = exact_gaussian_cp_tensor((8, 6, 3, 3), 4, seed=0, dtype=torch.float64)
+    res = cp_als(x, 4, restarts=0)
+    assert res.stop == "floor" and res.rel_error <= 1e-9
+    loose = cp_als(x, 4, restarts=0, floor=1e-2)
+    assert loose.stop == "floor" and loose.n_iter < res.n_iter and loose.rel_error <= 1e-2
+    fixed = cp_als(x, 4, restarts=0, tol=0, floor=0, max_iter=40)
+    assert fixed.n_iter == 40 and fixed.stop == "max_iter"
+
+
+def test_line_search_takes_fewer_sweeps_on_a_swamp():
+    x = exact_gaussian_cp_tensor((10, 12, 3, 3), 12, seed=0)
+    plain = cp_als(x, 12, line_search=False, restarts=0)
+    fast = cp_als(x, 12, restarts=0)
+    assert fast.rel_error <= 1e-3 and plain.rel_error <= 1e-3
+    assert fast.n_iter < plain.n_iter
+
+
+def test_restarts_only_when_a_run_stalls_and_are_deterministic():
+    easy = cp_als(exact_gaussian_cp_tensor((16, 16, 3, 3), 6, seed=1), 6)
+    assert easy.restarts == 0 and easy.stop == "floor"
+    far = cp_als(random_kernel((12, 10, 3, 3), seed=3), 5)  # no fit near exact: converged, not stalled
+    assert far.restarts == 0 and far.stop == "tol" and far.rel_error > 0.1
+    # exact rank plus noise of relative size 1e-2: a plateau near an exact fit, above the floor
+    x = exact_gaussian_cp_tensor((12, 10, 3, 3), 5, seed=3, dtype=torch.float64)
+    x = x + 1e-2 * x.norm() / x.numel() ** 0.5 * random_kernel(x.shape, seed=4, dtype=torch.float64)
+    a, b = cp_als(x, 5, seed=7), cp_als(x, 5, seed=7)
+    assert a.restarts >= 1 and a.stop == "tol" and a.rel_error < 0.1
+    assert (a.restarts, a.n_iter, a.rel_error) == (b.restarts, b.n_iter, b.rel_error)
+    assert all(torch.equal(f, g) for f, g in zip(a.factors, b.factors))
+    single = cp_als(x, 5, seed=7, restarts=0)
+    assert a.rel_error <= single.rel_error + 1e-9 and a.n_iter > single.n_iter
+
+
+def test_unconverged_warns_and_says_so():
+    x = exact_gaussian_cp_tensor((10, 12, 3, 3), 12, seed=0)
+    with pytest.warns(CPConvergenceWarning, match=r"max_iter.*3 run\(s\)"):
+        res = cp_als(x, 12, max_iter=5)
+    assert not res.converged and res.stop == "max_iter" and res.restarts == 2 and res.n_iter == 15
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(floor=-1e-3), ValueError, "floor=-0.001"),
+        (dict(floor=1.0), ValueError, r"floor=1.0.*\[0, 1\)"),
+        (dict(floor="0"), TypeError, "floor='0'"),
+        (dict(restarts=-1), ValueError, "restarts=-1"),
+        (dict(restarts=1.5), TypeError, "restarts=1.5"),
+        (dict(line_search=1), TypeError, "line_search=1"),
+    ],
+)
+def test_invalid_als_options_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        cp_als(X, 2, **kwargs)

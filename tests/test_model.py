@@ -71,14 +71,18 @@ def test_vgg16_tucker2_and_svd(vgg16, tmp_path):
     assert torch.equal(skeleton(x), new(x))
 
 
-def test_alexnet_cp_and_svd(alexnet):
+@pytest.mark.filterwarnings("ignore::decomp.cp_als.CPConvergenceWarning")  # max_iter=5 on purpose
+@pytest.mark.parametrize("spatial", ["separable", "merged"])
+def test_alexnet_cp_and_svd(alexnet, spatial):
     # fc6 and fc7 (9216 x 4096, 4096 x 4096) are left out only to keep the unit tests fast.
     new, report = decompose(alexnet, method={"conv": "cp", "linear": "svd"}, rank=Fraction(0.25),
-                            input_shape=INPUT, method_options={"cp": {"max_iter": 5}},
+                            input_shape=INPUT, method_options={"cp": {"max_iter": 5, "restarts": 0, "spatial": spatial}},
                             overrides={"classifier.1": None, "classifier.4": None})
     _check_report_agrees_with_modules(alexnet, new, report)
     assert len(report.decomposed) == 6
-    assert report["features.3"].info["n_iter"] <= 5
+    info = report["features.3"].info
+    assert info["n_iter"] <= 5 and info["restarts"] == 0 and info["converged"] is False
+    assert info["spatial"] == spatial and len(new.features[3]) == (4 if spatial == "separable" else 3)
     buffer = io.BytesIO()
     torch.save(new.state_dict(), buffer)
     buffer.seek(0)
@@ -237,3 +241,15 @@ def test_min_speedup_rejects_bad_values(value):
 def test_min_speedup_needs_an_input_shape():
     with pytest.raises(ValueError, match="min_speedup times each layer at input_shape; got input_shape=None"):
         decompose(_conv_net(), min_speedup=1.1, input_shape=None)
+
+
+@pytest.mark.filterwarnings("ignore::decomp.cp_als.CPConvergenceWarning")
+def test_report_says_when_cp_stopped_unconverged():
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    _, report = decompose(model, method="cp", rank=4, input_shape=(1, 8, 8, 8),
+                          method_options={"cp": {"max_iter": 2, "restarts": 0}})
+    row = report["2"]
+    assert row.info["converged"] is False and row.info["n_iter"] == 2 and row.info["stop"] == "max_iter"
+    assert "CP-ALS unconverged after 2 sweeps" in report.to_markdown()
+    _, report = decompose(model, method="cp", rank=4, input_shape=(1, 8, 8, 8))
+    assert report["2"].info["converged"] is True and "unconverged" not in report.to_markdown()

@@ -5,7 +5,7 @@ import stat
 import pytest
 import torch
 
-from decomp.experiments.runinfo import atomic_torch_save, atomic_write_text, environment_info, write_sidecar
+from decomp.experiments.runinfo import atomic_torch_save, atomic_write_text, environment_info, write_artifacts, write_sidecar
 
 
 def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
@@ -61,3 +61,12 @@ def test_git_sha_from_the_environment_wins(monkeypatch):
     monkeypatch.setattr(runinfo, "_git", lambda *args: None)
     info = environment_info()
     assert info["git_sha"] is None and info["git_dirty"] is None
+
+
+def test_write_artifacts_writes_each_file_with_its_sidecar(tmp_path):
+    paths = write_artifacts({tmp_path / "a.csv": "x\n1\n", tmp_path / "b.md": "# b\n"}, extra={"seed": 3})
+    assert [p.name for p in paths] == ["a.csv", "b.md"]
+    assert (tmp_path / "a.csv").read_text() == "x\n1\n"
+    for name in ("a.csv", "b.md"):
+        info = json.loads((tmp_path / f"{name}.json").read_text())
+        assert info["artifact"] == name and info["seed"] == 3

@@ -29,6 +29,7 @@ __all__ = [
     "atomic_torch_save",
     "environment_info",
     "write_sidecar",
+    "write_artifacts",
 ]
 
 _PACKAGES = ("decomp", "torch", "torchvision", "tensorly", "numpy", "scipy", "pandas", "thop")
@@ -157,3 +158,12 @@ def write_sidecar(
     sidecar = artifact.with_name(artifact.name + ".json")
     atomic_write_text(sidecar, json.dumps(info, indent=2, sort_keys=False, default=str) + "\n")
     return sidecar
+
+
+def write_artifacts(texts: Mapping[str | os.PathLike, str], *, extra: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write each text to its path atomically, each with its sidecar (:func:`write_sidecar`)."""
+    paths = []
+    for path, text in texts.items():
+        paths.append(atomic_write_text(path, text))
+        write_sidecar(path, extra=extra)
+    return paths
