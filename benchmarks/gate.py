@@ -50,8 +50,8 @@ DEFAULT_CASES = (
     "vgg16.features.28:cp:1/4", "vgg16.features.28:cp:1/8",
     "alexnet.classifier.4:svd:1/4", "alexnet.classifier.6:svd:1/4",
 )
-ROUNDS = 30          # interleaved rounds; one sample per case per round
-BLOCK_TIME = 0.04    # s of thread CPU time per timed block (calls per block fixed at start)
+ROUNDS = 20          # interleaved rounds; one sample per case per round
+BLOCK_TIME = 0.03    # s of thread CPU time per timed block (calls per block fixed at start)
 DEFAULT_DIR = ".gate"
 REFERENCE = "reference:mm256"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
