@@ -137,6 +137,7 @@ def summarise(runs, shares) -> dict:
         ev, verdicts = r["evidence"], r["compare"]["verdicts"]
         f, min_effect = ev["slowdown"], r["settings"]["min_effect"]
         row = {"label": ev["label"], "slowdown": f, "exit_code": ev["exit_code"],
+               "rounds": r["settings"]["rounds"], "block_time_s": r["settings"]["block_time_s"],
                "load_avg_1min": r["load_avg"]["start"][0], "wall_s": r["wall_s"],
                "cases": len(verdicts),
                "flagged_first": sum(v["flagged_first"] for v in verdicts.values()),
@@ -167,14 +168,15 @@ def _pct(a, b):
 
 
 def markdown(summary, shares, runs) -> str:
-    lines = ["| run | slowdown | load avg (1 min) | wall s | exit | flagged before re-measure | regressed | "
+    lines = ["| run | slowdown | rounds x block s | load avg (1 min) | wall s | exit | flagged before re-measure | regressed | "
              "affected caught | touched, below min effect: flagged | originals flagged | largest effect, untouched cases |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary["runs"]:
         caught = _pct(len(r["caught"]), len(r["affected"])) if r["slowdown"] else "-"
         below = f"{len(r['below_flagged'])}/{len(r['below_min_effect'])}" if r["slowdown"] else "-"
         mx = "-" if r["max_effect_unaffected"] is None else f"x{r['max_effect_unaffected']:.3f}"
-        lines.append(f"| {r['label']} | {r['slowdown'] or 'none'} | {r['load_avg_1min']:.2f} | {r['wall_s']:.0f} | "
+        lines.append(f"| {r['label']} | {r['slowdown'] or 'none'} | {r['rounds']} x {r['block_time_s']} | "
+                     f"{r['load_avg_1min']:.2f} | {r['wall_s']:.0f} | "
                      f"{r['exit_code']} | {r['flagged_first']}/{r['cases']} | {len(r['regressed'])} | {caught} | "
                      f"{below} | {len(r['originals_flagged'])} | {mx} |")
     lines += ["", "Measured whole-case effect (median ratio new / old) per case and run; expected factor "

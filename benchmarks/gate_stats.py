@@ -18,9 +18,12 @@ from dataclasses import dataclass
 
 from scipy.stats import mannwhitneyu
 
-# Defaults, chosen from results/bench_gate/ (see the README there): unchanged code moved a case's
-# median ratio by at most a few percent between runs; 1.15x leaves a wide margin above that and
-# still catches a 1.3x slowdown of the ops that carry most of a case's time.
+# Defaults, from results/bench_gate/ (summary.md): compared under the same load as the baseline,
+# unchanged code moved a case's median ratio by ~1.1x at most, so 1.15x still catches a 1.3x
+# slowdown of the ops that carry most of a case's time. When the mix of other jobs on the machine
+# changed between --save and --compare, memory-bound cases (CP's depthwise convs, the 4096x1000
+# Linear) drifted by up to ~1.2x-1.5x against their compute-bound references, past this default:
+# save and compare back to back, or raise --min-effect on such machines.
 MIN_EFFECT = 1.15   # median(new) / median(old) at or above which a case may be flagged
 ALPHA = 0.01        # one-sided Mann-Whitney U significance level
 MIN_SAMPLES = 3     # per side; fewer cannot reach a useful p-value
