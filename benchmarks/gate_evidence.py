@@ -151,7 +151,7 @@ def summarise(runs, shares) -> dict:
         else:
             expected = {c: 1 + (f - 1) * shares[c]["share"] for c in verdicts if c in shares}
             affected = sorted(c for c, e in expected.items() if e >= min_effect)
-            below = sorted(c for c, e in expected.items() if e < min_effect)
+            below = sorted(c for c, e in expected.items() if 1 < e < min_effect)  # touched, slowed less
             row["affected"] = affected
             row["caught"] = sorted(c for c in affected if verdicts[c]["regressed"])
             row["below_min_effect"] = below
