@@ -19,9 +19,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
-from torch.utils.benchmark.utils import common
-from torch.utils.benchmark.utils.timer import timer
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_params", "count_macs", "count_macs_thop", "Timing", "time_forward",
@@ -207,6 +204,13 @@ def time_forward(
                              f"{tuple(input.shape)}")
         module.to(memory_format=torch.channels_last)
         input = input.contiguous(memory_format=torch.channels_last)
+    # Imported here, not at module level: torch.utils.benchmark pulls in torch.utils.cpp_extension,
+    # which logs a warning about CUDA_HOME at import on machines without CUDA, and
+    # `import decomp` must print nothing.
+    from torch.utils.benchmark import Timer
+    from torch.utils.benchmark.utils import common
+    from torch.utils.benchmark.utils.timer import timer
+
     timer_fn = timer if device.type != "cpu" else CLOCKS[clock]
     bench = Timer(stmt="module(x)", globals={"module": module, "x": input},
                   num_threads=threads, timer=timer_fn)

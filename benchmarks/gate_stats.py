@@ -1,0 +1,74 @@
+"""The regression gate's decision (``benchmarks/gate.py``): pure functions on samples, no torch.
+
+A case's samples are per-round ratios (its time over its reference's time in the same round),
+so a slowdown of the whole machine cancels. A case regresses only when both of these say so:
+
+* Mann-Whitney U, one-sided (new samples stochastically larger than old), p < ``alpha``: asv's
+  ``compare`` uses the same rank test, which needs no normality and ignores a few outliers;
+* the effect: median(new) / median(old) >= ``min_effect``. Rounds within one run are not
+  independent of the run's own drift, so on a busy machine the test alone finds "significant"
+  shifts of a few percent between any two runs; the effect size is what keeps false alarms out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scipy.stats import mannwhitneyu
+
+# Defaults, from results/bench_gate/ (summary.md): compared under the same load as the baseline,
+# unchanged code moved a case's median ratio by ~1.1x at most, so 1.15x still catches a 1.3x
+# slowdown of the ops that carry most of a case's time. When the mix of other jobs on the machine
+# changed between --save and --compare, memory-bound cases (CP's depthwise convs, the 4096x1000
+# Linear) drifted by up to ~1.2x-1.5x against their compute-bound references, past this default:
+# save and compare back to back, or raise --min-effect on such machines.
+MIN_EFFECT = 1.15   # median(new) / median(old) at or above which a case may be flagged
+ALPHA = 0.01        # one-sided Mann-Whitney U significance level
+MIN_SAMPLES = 3     # per side; fewer cannot reach a useful p-value
+
+
+@dataclass(frozen=True)
+class Verdict:
+    old: float        # median of the old samples (a ratio to the case's reference)
+    new: float        # median of the new samples
+    effect: float     # new / old
+    p: float          # one-sided Mann-Whitney U p-value (new > old)
+    regressed: bool
+
+
+def median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    if n == 0:
+        raise ValueError("median of no samples")
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def check_settings(min_effect: float, alpha: float) -> None:
+    if not (isinstance(min_effect, (int, float)) and math.isfinite(min_effect) and min_effect > 1):
+        raise ValueError(f"min_effect must be a finite number > 1 (a slowdown factor); got {min_effect!r}")
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+        raise ValueError(f"alpha must be a number in (0, 1); got {alpha!r}")
+
+
+def decide(old: Sequence[float], new: Sequence[float], *, min_effect: float = MIN_EFFECT,
+           alpha: float = ALPHA) -> Verdict:
+    """Whether ``new`` samples are slower than ``old`` by a significant and large enough factor."""
+    check_settings(min_effect, alpha)
+    for name, xs in (("old", old), ("new", new)):
+        if len(xs) < MIN_SAMPLES:
+            raise ValueError(f"{name} needs at least {MIN_SAMPLES} samples; got {len(xs)}")
+        if not all(math.isfinite(x) and x > 0 for x in xs):
+            raise ValueError(f"{name} samples must be finite and > 0; got {list(xs)!r}")
+    m_old, m_new = median(old), median(new)
+    p = float(mannwhitneyu(new, old, alternative="greater").pvalue)
+    effect = m_new / m_old
+    return Verdict(old=m_old, new=m_new, effect=effect, p=p,
+                   regressed=bool(p < alpha and effect >= min_effect))
+
+
+def confirm(first: Verdict, again: Verdict | None) -> bool:
+    """A case flagged once is re-measured; it regresses only if the re-measurement agrees."""
+    return first.regressed and again is not None and again.regressed

@@ -1,0 +1,196 @@
+"""The regression gate (benchmarks/gate.py): its decision on synthetic samples, its command line
+and a save / compare round trip on one small case."""
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `pytest tests` does not put the repo root on sys.path
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import gate, gate_stats  # noqa: E402
+
+SMALL = "alexnet.classifier.6:svd:1/4"   # 4096 -> 1000 Linear: fast at batch 1
+
+
+def lognormal(n, median, spread, seed):
+    rng = random.Random(seed)
+    return [median * rng.lognormvariate(0, spread) for _ in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    n = torch.get_num_threads()  # the gate sets 1 thread
+    yield
+    torch.set_num_threads(n)
+
+
+# --- decision ------------------------------------------------------------------------------------
+
+def test_equal_samples_are_not_flagged():
+    for seed in range(20):
+        v = gate_stats.decide(lognormal(30, 1.0, 0.1, seed), lognormal(30, 1.0, 0.1, 100 + seed))
+        assert not v.regressed
+
+
+def test_slower_by_more_than_min_effect_is_flagged():
+    v = gate_stats.decide(lognormal(30, 1.0, 0.1, 0), lognormal(30, 1.3, 0.1, 1))
+    assert v.regressed and v.p < 1e-6 and 1.2 < v.effect < 1.4
+
+
+def test_significant_but_small_shift_is_not_flagged():
+    # tight samples: the test alone calls a 5% shift significant; the effect size does not
+    v = gate_stats.decide(lognormal(30, 1.0, 0.01, 0), lognormal(30, 1.05, 0.01, 1))
+    assert v.p < 1e-6 and not v.regressed
+
+
+def test_noisier_samples_with_the_same_median_are_not_flagged():
+    old = lognormal(30, 1.0, 0.05, 0)
+    new = lognormal(30, 1.0, 0.5, 1)  # ten times the spread
+    v = gate_stats.decide(old, new)
+    assert not v.regressed
+
+
+def test_faster_is_not_flagged():
+    v = gate_stats.decide(lognormal(30, 1.0, 0.1, 0), lognormal(30, 0.5, 0.1, 1))
+    assert not v.regressed and v.p > 0.5
+
+
+def test_min_effect_and_alpha_are_configurable():
+    old, new = lognormal(30, 1.0, 0.02, 0), lognormal(30, 1.1, 0.02, 1)
+    assert not gate_stats.decide(old, new).regressed
+    assert gate_stats.decide(old, new, min_effect=1.05).regressed
+    assert not gate_stats.decide(old, new, min_effect=1.05, alpha=1e-30).regressed
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"min_effect": 1.0}, "min_effect must be a finite number > 1"),
+    ({"min_effect": float("inf")}, "min_effect"),
+    ({"alpha": 0}, r"alpha must be a number in \(0, 1\)"),
+    ({"alpha": 1.5}, "alpha"),
+])
+def test_decide_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gate_stats.decide([1, 1, 1], [1, 1, 1], **kwargs)
+
+
+def test_decide_rejects_too_few_or_bad_samples():
+    with pytest.raises(ValueError, match="old needs at least 3 samples; got 2"):
+        gate_stats.decide([1, 1], [1, 1, 1])
+    with pytest.raises(ValueError, match="new samples must be finite and > 0"):
+        gate_stats.decide([1, 1, 1], [1, float("nan"), 1])
+
+
+def _fake(samples):
+    return {"format": gate.FORMAT, "env": {},
+            "cases": {cid: {"layer": "l", "method": "m", "ranks": [1], "reference": "r",
+                            "samples": s, "median_s": 1.0} for cid, s in samples.items()}}
+
+
+def test_flagged_cases_are_remeasured_once_and_confirmed():
+    old = lognormal(20, 1.0, 0.05, 0)
+    base = _fake({"a": old, "b": old, "c": old})
+    run = _fake({"a": old, "b": [x * 2 for x in old], "c": [x * 2 for x in old]})
+    calls = []
+
+    def remeasure(ids):  # "b" stays slow, "c" was a fluke
+        calls.append(list(ids))
+        return {"b": {"samples": [x * 2 for x in lognormal(20, 1.0, 0.05, 5)]},
+                "c": {"samples": lognormal(20, 1.0, 0.05, 6)}}
+
+    verdicts = gate.compare(base, run, min_effect=1.15, alpha=0.01, remeasure=remeasure)
+    assert calls == [["b", "c"]]
+    assert not verdicts["a"]["flagged_first"] and verdicts["a"]["remeasured"] is None
+    assert verdicts["b"]["regressed"] and verdicts["b"]["remeasured"]["flagged"]
+    assert verdicts["c"]["flagged_first"] and not verdicts["c"]["regressed"]
+
+
+def test_nothing_flagged_means_no_remeasurement():
+    old = lognormal(20, 1.0, 0.05, 0)
+
+    def remeasure(ids):
+        raise AssertionError("nothing to re-measure")
+
+    verdicts = gate.compare(_fake({"a": old}), _fake({"a": old}), min_effect=1.15, alpha=0.01,
+                            remeasure=remeasure)
+    assert not verdicts["a"]["regressed"]
+
+
+def test_regression_line_names_case_figures_and_p():
+    case = {"layer": "vgg16.features.28", "method": "tucker2", "ranks": [128, 128],
+            "reference": "vgg16.features.28:original"}
+    v = {"old": 0.2, "new": 0.3, "effect": 1.5, "p": 1e-5,
+         "remeasured": {"new": 0.31, "effect": 1.55, "p": 2e-5, "flagged": True}}
+    line = gate.regression_line("vgg16.features.28:tucker2:1/4", case, v)
+    assert line.startswith("REGRESSION vgg16.features.28:tucker2:1/4")
+    for part in ("method tucker2", "layer vgg16.features.28", "rank 128,128", "old 0.2000",
+                 "new 0.3100", "x1.55", "p=2e-05"):
+        assert part in line
+
+
+def test_env_mismatches_name_the_key():
+    assert gate.env_mismatches({"torch": "2.0", "threads": 1}, {"torch": "2.1", "threads": 1}) == [
+        "torch: baseline '2.0', now '2.1'"]
+
+
+# --- command line --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "one of the arguments --save --compare is required"),
+    (["--save", "a", "--compare", "b"], "not allowed with argument"),
+    (["--save", "a", "--rounds", "0"], "--rounds must be an integer > 0; got '0'"),
+    (["--save", "a", "--rounds", "2"], "--rounds must be >= 3; got 2"),
+    (["--save", "a", "--block-time", "x"], "--block-time must be a number > 0; got 'x'"),
+    (["--save", "a", "--min-effect", "0.9"], "--min-effect must be a finite number > 1"),
+    (["--save", "a", "--alpha", "2"], r"--alpha must be a number in \(0, 1\)"),
+    (["--save", "../x"], "baseline NAME must be letters"),
+    (["--save", "a", "--cases", "vgg16.nope:svd:1/4"], "--cases: unknown case id 'vgg16.nope:svd:1/4'"),
+    (["--save", "a", "--cases", ","], "--cases needs at least one case id"),
+])
+def test_argument_errors_exit_2_naming_the_option(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        gate.main([*argv, "--dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_compare_without_baseline_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        gate.main(["--compare", "missing", "--dir", str(tmp_path), "--cases", SMALL])
+    assert e.value.code == 2
+    assert "no baseline" in capsys.readouterr().err
+
+
+def test_save_compare_round_trip(capsys, tmp_path):
+    opts = ["--dir", str(tmp_path), "--cases", SMALL, "--block-time", "0.002"]
+    # 3 rounds: the smallest one-sided Mann-Whitney p for 3 against 3 samples is 1/20 > alpha,
+    # so the unchanged compare cannot flag anything whatever the machine does.
+    assert gate.main(["--save", "base", "--rounds", "3", *opts]) == 0
+    saved = json.loads((tmp_path / "base.json").read_text())
+    assert saved["format"] == gate.FORMAT
+    assert set(saved["cases"]) == {SMALL, "alexnet.classifier.6:original"}
+    assert saved["env"]["threads"] == 1 and saved["env"]["torch"] == torch.__version__
+    assert all(len(c["samples"]) == 3 for c in saved["cases"].values())
+    assert gate.main(["--compare", "base", "--rounds", "3", "--json", str(tmp_path / "run.json"), *opts]) == 0
+    out = capsys.readouterr()
+    assert "0 of 2 cases regressed" in out.out and "warning" not in out.err
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert set(run["compare"]["verdicts"]) == set(saved["cases"]) and "load_avg" in run
+
+    # A baseline from another torch in which the SVD case's ratio to its original was a third of
+    # what it is now: a warning, a regression line and exit 1 (5 new rounds against 6 old
+    # samples: the smallest one-sided p, 1/462, is below alpha).
+    saved["env"]["torch"] = "0.0"
+    for c in saved["cases"].values():
+        c["samples"] = c["samples"] * 2
+    saved["cases"][SMALL]["samples"] = [x / 3 for x in saved["cases"][SMALL]["samples"]]
+    (tmp_path / "old.json").write_text(json.dumps(saved))
+    assert gate.main(["--compare", "old", "--rounds", "5", *opts]) == 1
+    out = capsys.readouterr()
+    assert "warning: environment differs from the baseline (torch: baseline '0.0'" in out.err
+    assert f"REGRESSION {SMALL} (method svd" in out.out
