@@ -97,7 +97,7 @@ def test_latency_budget_is_measured_and_re_aimed():
     model, report = decomp.decompose(net, "tucker2", overrides={"0": None}, input_shape=(1, 3, 16, 16), budget=budget)
     info = report.budget
     assert info["tries"] and info["reached"] == info["measured"] and info["measured"] > 1.2
-    assert all(t["aim"] >= 1 for t in info["tries"]) and len(info["tries"]) <= 6
+    assert all(t["aim"] >= 1 for t in info["tries"]) and len(info["tries"]) <= 8
     cached = len(B._LATENCY_CACHE)
     decomp.decompose(net, "tucker2", overrides={"0": None}, input_shape=(1, 3, 16, 16), budget=budget)
     assert len(B._LATENCY_CACHE) == cached  # every geometry timed once
@@ -130,6 +130,19 @@ def test_aim_never_settles_below_the_target():
     assert best["measured"] >= 3.0
     assert best == min((t for t in tries if t["measured"] >= 3.0), key=lambda t: t["measured"])
     assert B._best_try([{"measured": 1.5}, {"measured": 1.8}], 2.0)["measured"] == 1.8  # none reached: the fastest
+
+
+def test_aim_follows_a_model_that_gains_more_than_its_layers_predict():
+    # measured = aim^2.5, as a whole VGG16 at batch 1 gained far more than its per-layer table
+    # said: a proportional step alone overshoots and undershoots; the secant steps land in the window
+    state = {"aim": None}
+
+    def allocate_at(aim):
+        state["aim"] = aim
+        return {"layer": round(aim, 9)}, 100 / aim
+
+    tries = B._aim(allocate_at, 100.0, 3.0, lambda r: state["aim"] ** 2.5)
+    assert 3.0 <= tries[-1]["measured"] <= 3.0 * 1.06 and len(tries) <= 5, tries
 
 
 @pytest.mark.parametrize("kwargs, match", [
