@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 import decomp
-from decomp.cli._config import ArgumentParser, add_config_arguments, config_values
+from decomp.cli._config import ArgumentParser, add_config_arguments, check_output, config_values
 from decomp.experiments.runinfo import atomic_write_text, write_sidecar
 
 __all__ = ["Config", "model_names", "check_model", "summary", "main"]
@@ -89,9 +89,7 @@ def _check(cfg: Config, parser) -> None:
     if missing:
         parser.error(f"argument --models: {missing} are not torchvision models; allowed: names from "
                      "torchvision.models.list_models()")
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        parser.error(f"argument --out: {out} is a file; allowed: a folder (created if missing)")
+    check_output(parser, "--out", cfg.out, folder=True)
 
 
 def model_names(cfg: Config) -> list[tuple[str, str]]:
