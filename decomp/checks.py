@@ -29,7 +29,7 @@ from torch import nn
 from .measure import meta_clone
 
 __all__ = ["check_not_meta", "check_overrides", "expected_input", "parent_reads", "inherit_settings_",
-           "ForwardCheck"]
+           "output_shapes", "ForwardCheck"]
 
 
 # --- before any work -------------------------------------------------------------------------------
@@ -126,14 +126,14 @@ def inherit_settings_(layer: nn.Module, new_layer: nn.Module) -> nn.Module:
 # --- after: the forward check ----------------------------------------------------------------------
 
 
-def _signature(output: Any) -> Any:
+def output_shapes(output: Any) -> Any:
     """The shapes in a model's output (a tensor, or nested tuples, lists and dicts of them)."""
     if isinstance(output, torch.Tensor):
         return tuple(output.shape)
     if isinstance(output, Mapping):
-        return {k: _signature(v) for k, v in output.items()}
+        return {k: output_shapes(v) for k, v in output.items()}
     if isinstance(output, (list, tuple)):
-        return [_signature(v) for v in output]
+        return [output_shapes(v) for v in output]
     return type(output).__name__
 
 
@@ -182,9 +182,9 @@ class ForwardCheck:
     def _run(self, model: nn.Module) -> Any:
         if self.meta:
             with torch.no_grad():
-                return _signature(meta_clone(model)(torch.empty(self.input_shape, dtype=self.dtype, device="meta")))
+                return output_shapes(meta_clone(model)(torch.empty(self.input_shape, dtype=self.dtype, device="meta")))
         with _eval(model):
-            return _signature(model(torch.zeros(self.input_shape, dtype=self.dtype, device=self.device)))
+            return output_shapes(model(torch.zeros(self.input_shape, dtype=self.dtype, device=self.device)))
 
     def failure(self, model: nn.Module) -> str | None:
         try:

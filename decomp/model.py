@@ -12,10 +12,7 @@ also timed against the original, and kept only if it is measured that much faste
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
-import inspect
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 

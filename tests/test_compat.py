@@ -1,10 +1,8 @@
 """decomp.experiments.compat: one row per model and method, the forward check, resume."""
 
-import dataclasses
 
 import pandas as pd
 import pytest
-import torch
 from torch import nn
 
 from decomp.experiments import compat

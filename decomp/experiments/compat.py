@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 import decomp
+from decomp.checks import output_shapes
 from decomp.cli._config import ArgumentParser, add_config_arguments, check_output, config_values
 from decomp.experiments.runinfo import atomic_write_text, write_sidecar
 
@@ -118,16 +119,6 @@ def _build(family: str, name: str, seed: int) -> nn.Module:
     return torchvision.models.get_model(name, **kwargs).eval()
 
 
-def _shapes(output) -> object:
-    if isinstance(output, torch.Tensor):
-        return tuple(output.shape)
-    if isinstance(output, dict):
-        return {k: _shapes(v) for k, v in output.items()}
-    if isinstance(output, (list, tuple)):
-        return [_shapes(v) for v in output]
-    return type(output).__name__
-
-
 def _finite(output) -> bool:
     if isinstance(output, torch.Tensor):
         return bool(torch.isfinite(output).all())
@@ -194,7 +185,7 @@ def check_model(family: str, name: str, cfg: Config) -> list[dict]:
     shape = (1, 3, size, size)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed))
     with torch.no_grad():
-        reference = _shapes(model(x))
+        reference = output_shapes(model(x))
     rows = []
     build_s = time.perf_counter() - started
     for method in cfg.methods:
@@ -209,7 +200,7 @@ def check_model(family: str, name: str, cfg: Config) -> list[dict]:
         try:
             with torch.no_grad():
                 out = new(x)
-            got = _shapes(out)
+            got = output_shapes(out)
             forward = "ok" if got == reference and _finite(out) else (
                 "not finite" if got == reference else f"shapes {got} instead of {reference}")
         except Exception as e:
