@@ -29,7 +29,7 @@ from torch import nn
 from .measure import meta_clone
 
 __all__ = ["check_not_meta", "check_overrides", "expected_input", "parent_reads", "inherit_settings_",
-           "output_shapes", "ForwardCheck"]
+           "output_shapes", "first_line", "why_broken", "ForwardCheck"]
 
 
 # --- before any work -------------------------------------------------------------------------------
@@ -150,16 +150,17 @@ def _eval(model: nn.Module):
             m.training = mode
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), for a one-line reason."""
     lines = str(error).strip().splitlines()
-    return lines[0][:300] if lines else ""
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def why_broken(error: BaseException) -> str:
     """A report reason for a replacement that makes the model fail with ``error``."""
     if isinstance(error, AttributeError) and re.search(r"has no attribute '(weight|bias)'", str(error)):
-        return f"parent reads .weight directly (the model fails with it replaced: {_first_line(error)})"
-    return f"the model fails with it replaced: {type(error).__name__}: {_first_line(error)}"
+        return f"parent reads .weight directly (the model fails with it replaced: {first_line(error)})"
+    return f"the model fails with it replaced: {type(error).__name__}: {first_line(error)}"
 
 
 class ForwardCheck:

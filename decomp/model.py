@@ -21,7 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import layers as L
-from .checks import ForwardCheck, check_not_meta, check_overrides, expected_input, inherit_settings_, parent_reads
+from .checks import (ForwardCheck, check_not_meta, check_overrides, expected_input, first_line, inherit_settings_,
+                     parent_reads)
 from .cp import _cp_conv2d
 from .measure import _check_shape, count_macs, count_params, meta_clone, time_interleaved
 from .rank import RankSpec, as_policy, resolve_rank
@@ -155,7 +156,7 @@ def _input_shapes(model: nn.Module, targets: dict[str, nn.Module], input_shape) 
             raise ValueError(str(e)) from None
         except Exception as e:
             raise ValueError(f"input_shape={input_shape} does not fit the model: a forward pass at that shape "
-                             f"fails ({type(e).__name__}: {_first_line(e)}); allowed: the shape of one input "
+                             f"fails ({type(e).__name__}: {first_line(e)}); allowed: the shape of one input "
                              "batch the model takes") from e
         finally:
             for m, mode in modes.items():
@@ -163,11 +164,6 @@ def _input_shapes(model: nn.Module, targets: dict[str, nn.Module], input_shape) 
             for h in handles:
                 h.remove()
     return shapes
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:300] if lines else type(error).__name__
 
 
 def _check_planned_ranks(method: str, layer: nn.Module, ranks, name: str):
@@ -244,15 +240,15 @@ def _select_all(root, names_of, candidates, shapes, input_shape, table, default_
         if not isinstance(sel, LayerReport) and id(layer) in reads:
             sel = _skip_row(name, layer, shapes.get(name), reads[id(layer)], sel[0])
         selected[name] = sel
-    if input_shape is None:
-        return selected
     chosen = {n: s[0] for n, s in selected.items() if not isinstance(s, LayerReport)}
+    if input_shape is None or not chosen:
+        return selected
     try:
         check = ForwardCheck(root, input_shape)
     except Exception:  # the model itself does not run at input_shape: _input_shapes has said so
         return selected
     stand_ins = {n: (names_of[id(candidates[n])], _stand_in(m, candidates[n])) for n, m in chosen.items()}
-    if not chosen or check.failure(check.original_with(stand_ins.values(), _set_or_root)) is None:
+    if check.failure(check.original_with(stand_ins.values(), _set_or_root)) is None:
         return selected
     for name, swap in stand_ins.items():
         why = check.failure(check.original_with([swap], _set_or_root))
@@ -358,6 +354,13 @@ def decompose(
     Returns:
         The decomposed copy and a :class:`~decomp.report.Report` with one row per Conv2d,
         Linear or other convolution-like layer.
+
+    The copy always runs (:mod:`decomp.checks`): a layer whose parent reads its ``.weight`` is
+    left as it is, and at ``input_shape`` the model is run once with stand-ins before any factor
+    is computed and once after; a replacement that breaks it is put back, its row saying why.
+    Each replacement keeps its layer's ``requires_grad`` and training flag. Refused before any
+    work, with a ``ValueError``: a model on ``meta``, an ``overrides`` key matching no layer,
+    an ``input_shape`` the model cannot take.
     """
     table = _method_table(method)
     if budget is not None and rank is not None:
