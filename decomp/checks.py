@@ -81,11 +81,12 @@ _DIRECT_READ = re.compile(r"\bself\.(\w+)\.(weight|bias)\b")
 @functools.lru_cache(maxsize=None)
 def _direct_reads(cls: type) -> tuple[tuple[str, str], ...]:
     """``(child, attribute)`` pairs that the methods of ``cls`` (and its bases below ``nn.Module``)
-    read as ``self.<child>.weight`` / ``.bias`` at run time. Initialisers are left out: setting a
-    weight at construction (``nn.init.zeros_(self.head.weight)``) does not run again."""
+    read as ``self.<child>.weight`` / ``.bias`` at run time (torch's own ``TransformerEncoderLayer``
+    does, for its fast path). Initialisers are left out: setting a weight at construction
+    (``nn.init.zeros_(self.head.weight)``) does not run again."""
     found: list[tuple[str, str]] = []
     for klass in cls.__mro__:
-        if klass.__module__.startswith("torch.nn") or klass is object:
+        if klass in (nn.Module, object):
             continue
         for attr, value in vars(klass).items():
             if not inspect.isfunction(value) or "init" in attr or attr.startswith("reset"):

@@ -115,6 +115,17 @@ def test_swin_with_svd_on_linear_layers_comes_back_working(builder):
         assert new(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
 
+def test_torchs_own_transformer_layer_comes_back_working():
+    """TransformerEncoderLayer reads self.linear1.weight for its fast path, even without input_shape."""
+    torch.manual_seed(0)
+    model = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    for input_shape in ((2, 5, 32), None):
+        new, report = decompose(model, "svd", rank=8, input_shape=input_shape)
+        assert "TransformerEncoderLayer uses self.linear1.weight" in report["linear1"].skipped
+        with torch.no_grad():
+            assert new(torch.randn(2, 5, 32)).shape == (2, 5, 32)
+
+
 # --- item 3: user settings survive ------------------------------------------------------------------
 
 
