@@ -79,7 +79,7 @@ def test_the_sweep_checks_out_first(capsys, a_file):
 def test_the_compat_table_checks_every_argument_first(capsys, a_file):
     from decomp.experiments.compat import parse_args
 
-    _refused(capsys, parse_args, ["--models", "resnet_18"], "argument --models: ['resnet_18'] are not torchvision")
+    _refused(capsys, parse_args, ["--models", "resnet_18"], "argument --models / --defer: ['resnet_18'] are not torchvision")
     _refused(capsys, parse_args, ["--methods", "svd2"], "argument --methods: ['svd2']; allowed")
     _refused(capsys, parse_args, ["--rank", "2"], "argument --rank: 2.0; allowed: a fraction in (0, 1]")
     _refused(capsys, parse_args, ["--families", "detection"], "argument --families: ['detection']")

@@ -49,6 +49,7 @@ class Config:
     out: str = "results/compat"                    # folder of compat.csv / compat.md and their sidecars
     families: tuple = ("classification", "segmentation")  # torchvision model families, in this order
     models: tuple = ()                             # model names (default: every model of the families)
+    defer: tuple = ()                              # model names run after every other (the slowest)
     methods: tuple = METHODS                       # decompose(method=...) presets
     rank: float = 0.25                             # Fraction of each mode's channels kept
     cp_max_iter: int = 2                           # CP-ALS sweeps (compatibility, not fit quality)
@@ -86,9 +87,9 @@ def _check(cfg: Config, parser) -> None:
     if not cfg.sizes or min(cfg.sizes) < 1:
         parser.error(f"argument --sizes: {list(cfg.sizes)}; allowed: one or more sizes >= 1 (pixels)")
     known = set(torchvision.models.list_models())
-    missing = [m for m in cfg.models if m not in known]
+    missing = [m for m in (*cfg.models, *cfg.defer) if m not in known]
     if missing:
-        parser.error(f"argument --models: {missing} are not torchvision models; allowed: names from "
+        parser.error(f"argument --models / --defer: {missing} are not torchvision models; allowed: names from "
                      "torchvision.models.list_models()")
     check_output(parser, "--out", cfg.out, folder=True)
 
@@ -106,7 +107,7 @@ def model_names(cfg: Config) -> list[tuple[str, str]]:
             if (not cfg.models or name in cfg.models) and name not in seen:
                 seen.add(name)
                 names.append((family, name))
-    return names
+    return sorted(names, key=lambda fn: fn[1] in cfg.defer)  # stable: the families' order otherwise
 
 
 def _build(family: str, name: str, seed: int) -> nn.Module:
