@@ -24,8 +24,8 @@ from .budget import (MACs, RANK_GRID, Candidate, Latency, LayerOptions, latency_
 from .layers import check_finite
 from .linalg import singular_values
 from .measure import count_macs, count_params
-from .model import (_copy_and_walk, _input_shapes, _match_override, _model_macs, _planned, _realise,
-                    _replace_everywhere, _round_up, _select, _set_module, _skip_row)
+from .model import (_copy_and_walk, _input_shapes, _match_override, _model_macs, _planned, _put_back_broken_,
+                    _realise, _replace_everywhere, _round_up, _select_all, _set_module, _skip_row)
 from .rank import VBMF, Energy, rank_from_spectrum, resolve_rank
 from .report import LayerReport, Report
 
@@ -49,7 +49,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
 
     new_model, names_of, candidates = _copy_and_walk(model)
     shapes = _input_shapes(new_model, candidates, input_shape) if input_shape and candidates else {}
-    selected = {n: _select(n, m, shapes.get(n), table, default_policy, overrides) for n, m in candidates.items()}
+    selected = _select_all(new_model, names_of, candidates, shapes, input_shape, table, default_policy, overrides)
     if budget is not None:
         for name, sel in selected.items():
             if not isinstance(sel, LayerReport) and sel[0] == "cp":
@@ -67,6 +67,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
                                         cal, rank_multiple, started, method_options)
 
     rows: dict[str, LayerReport] = {}
+    replacements = {}
     for name in tqdm(order, desc="decompose", unit="layer", disable=not progress):
         layer, sel = candidates[name], selected[name]
         if isinstance(sel, LayerReport):
@@ -92,6 +93,8 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
         rows[name] = row
         if new_layer is not None:
             new_model = _replace_everywhere(new_model, names_of, layer, new_layer)
+            replacements[name] = (layer, new_layer)
+    new_model = _put_back_broken_(model, new_model, names_of, replacements, rows, shapes, input_shape)
 
     macs_before = macs_after = None
     if input_shape is not None and candidates:

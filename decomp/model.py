@@ -21,8 +21,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import layers as L
+from .checks import (ForwardCheck, check_not_meta, check_overrides, expected_input, first_line, inherit_settings_,
+                     parent_reads)
 from .cp import _cp_conv2d
-from .measure import count_macs, count_params, meta_clone, time_interleaved
+from .measure import _check_shape, count_macs, count_params, meta_clone, time_interleaved
 from .rank import RankSpec, as_policy, resolve_rank
 from .report import LayerReport, Report, describe_layer
 from .svd import _svd_conv1x1, _svd_linear
@@ -107,18 +109,30 @@ def _match_override(name: str, overrides: Mapping[str, Any]) -> tuple[str, Any] 
     return None
 
 
+class _ShapeMismatch(ValueError):
+    """An input_shape that a layer cannot take: raised as it is, never retried for real."""
+
+
 def _input_shapes(model: nn.Module, targets: dict[str, nn.Module], input_shape) -> dict[str, tuple]:
     """Input shape of each target layer in one forward pass at ``input_shape``.
 
     Runs on a ``meta`` copy of the model (no arithmetic, no state changed); a model with
     an op that has no meta kernel is run for real on zeros, in eval mode so batch-norm
-    statistics stay untouched, and its training flags are restored afterwards.
+    statistics stay untouched, and its training flags are restored afterwards. A shape the
+    model cannot take is a ``ValueError`` naming ``input_shape`` (and the first layer whose
+    input does not fit), raised before any factor is computed.
     """
     shapes: dict[str, tuple] = {}
 
     def hook(name):
         def record(module, args):
-            shapes.setdefault(name, tuple(args[0].shape))
+            shape = tuple(args[0].shape)
+            expected = expected_input(module, shape)
+            if expected is not None:
+                raise _ShapeMismatch(f"input_shape={input_shape} does not fit the model: layer {name!r} "
+                                     f"({describe_layer(module)}) expects {expected}, got an input of shape "
+                                     f"{shape}; allowed: the shape of one input batch the model takes")
+            shapes.setdefault(name, shape)
         return record
 
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
@@ -127,6 +141,8 @@ def _input_shapes(model: nn.Module, targets: dict[str, nn.Module], input_shape) 
         handles = [clone.get_submodule(n).register_forward_pre_hook(hook(n)) for n in targets]
         with torch.no_grad():
             clone(torch.empty(input_shape, dtype=dtype, device="meta"))
+    except _ShapeMismatch as e:
+        raise ValueError(str(e)) from None
     except Exception:  # no meta kernel for some op: fall back to a real forward pass on zeros
         shapes.clear()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -136,6 +152,12 @@ def _input_shapes(model: nn.Module, targets: dict[str, nn.Module], input_shape) 
         try:
             with torch.no_grad():
                 model(torch.zeros(input_shape, dtype=dtype, device=device))
+        except _ShapeMismatch as e:
+            raise ValueError(str(e)) from None
+        except Exception as e:
+            raise ValueError(f"input_shape={input_shape} does not fit the model: a forward pass at that shape "
+                             f"fails ({type(e).__name__}: {first_line(e)}); allowed: the shape of one input "
+                             "batch the model takes") from e
         finally:
             for m, mode in modes.items():
                 m.training = mode
@@ -167,7 +189,10 @@ def _copy_and_walk(model: nn.Module):
 
 
 def _replace_everywhere(root: nn.Module, names_of, layer: nn.Module, new_layer: nn.Module) -> nn.Module:
-    """``layer`` replaced by ``new_layer`` under every name it has; returns the (new) root."""
+    """``layer`` replaced by ``new_layer`` under every name it has; returns the (new) root. The
+    replacement keeps the layer's training flag and ``requires_grad`` (:func:`~decomp.checks.inherit_settings_`)."""
+    if new_layer is not layer:
+        inherit_settings_(layer, new_layer)
     for alias in names_of[id(layer)]:
         if alias == "":
             root = new_layer
@@ -180,6 +205,93 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
+
+
+def _set_or_root(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    if name == "":
+        return module
+    _set_module(root, name, module)
+    return root
+
+
+def _check_arguments(model: nn.Module, overrides: Mapping[str, Any]) -> None:
+    """The checks that need the model, before it is copied: not on ``meta``, every override key a layer."""
+    check_not_meta(model)
+    layers, aliases, first_of = [], {}, {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            if id(module) in first_of:
+                aliases[name] = first_of[id(module)]
+            else:
+                first_of[id(module)] = name
+                layers.append(name)
+    check_overrides(overrides, layers, aliases)
+
+
+def _select_all(root, names_of, candidates, shapes, input_shape, table, default_policy, overrides) -> dict[str, Any]:
+    """:func:`_select` for every candidate, then two checks before any factor is computed: a layer
+    whose parent's code reads its ``.weight`` or ``.bias`` (an ``nn.Sequential`` has neither), and
+    at ``input_shape`` a layer whose replacement by a stand-in breaks the forward pass, are left as
+    they are, with the reason."""
+    reads = parent_reads(root)
+    selected = {}
+    for name, layer in candidates.items():
+        sel = _select(name, layer, shapes.get(name), table, default_policy, overrides)
+        if not isinstance(sel, LayerReport) and id(layer) in reads:
+            sel = _skip_row(name, layer, shapes.get(name), reads[id(layer)], sel[0])
+        selected[name] = sel
+    chosen = {n: s[0] for n, s in selected.items() if not isinstance(s, LayerReport)}
+    if input_shape is None or not chosen:
+        return selected
+    try:
+        check = ForwardCheck(root, input_shape)
+    except Exception:  # the model itself does not run at input_shape: _input_shapes has said so
+        return selected
+    stand_ins = {n: (names_of[id(candidates[n])], _stand_in(m, candidates[n])) for n, m in chosen.items()}
+    if check.failure(check.original_with(stand_ins.values(), _set_or_root)) is None:
+        return selected
+    for name, swap in stand_ins.items():
+        why = check.failure(check.original_with([swap], _set_or_root))
+        if why is not None:
+            selected[name] = _skip_row(name, candidates[name], shapes.get(name), why, chosen[name])
+    return selected
+
+
+def _stand_in(method: str, layer: nn.Module) -> nn.Module:
+    """The architecture ``method`` gives ``layer`` at rank 1, on ``meta``: what a parent sees of it."""
+    return _DECOMPOSERS[method][1](layer, (1, 1) if method == "tucker2" else 1, device="meta")
+
+
+def _put_back_broken_(model, new_model, names_of, replacements, rows, shapes, input_shape) -> nn.Module:
+    """The forward check: run ``new_model`` once at ``input_shape``; if it fails or its output shapes
+    differ from ``model``'s, each replacement that breaks the original on its own is put back, and
+    all of them if the rest still fail together; their ``rows`` say why. Returns the model."""
+    if input_shape is None or not replacements:
+        return new_model
+    try:
+        check = ForwardCheck(model, input_shape)
+    except Exception:  # the original itself does not run at input_shape: nothing to compare with
+        return new_model
+    if check.failure(new_model) is None:
+        return new_model
+    put_back = {}
+    for name, (layer, new_layer) in replacements.items():
+        why = check.failure(check.original_with([(names_of[id(layer)], new_layer)], _set_or_root))
+        if why is not None:
+            put_back[name] = why
+    for name in put_back:
+        new_model = _replace_everywhere(new_model, names_of, replacements[name][0], replacements[name][0])
+    why = check.failure(new_model)
+    if why is not None:  # the rest fail only together: hand back none of them rather than a broken model
+        for name, (layer, _) in replacements.items():
+            if name not in put_back:
+                put_back[name] = f"{why} (with the other decomposed layers)"
+                new_model = _replace_everywhere(new_model, names_of, layer, layer)
+    for name, why in put_back.items():
+        row, layer = rows[name], replacements[name][0]
+        rows[name] = _skip_row(name, layer, shapes.get(name), f"put back as it was: {why}", row.method, row.ranks,
+                               row.info)
+    return new_model
 
 
 def decompose(
@@ -242,6 +354,13 @@ def decompose(
     Returns:
         The decomposed copy and a :class:`~decomp.report.Report` with one row per Conv2d,
         Linear or other convolution-like layer.
+
+    The copy always runs (:mod:`decomp.checks`): a layer whose parent reads its ``.weight`` is
+    left as it is, and at ``input_shape`` the model is run once with stand-ins before any factor
+    is computed and once after; a replacement that breaks it is put back, its row saying why.
+    Each replacement keeps its layer's ``requires_grad`` and training flag. Refused before any
+    work, with a ``ValueError``: a model on ``meta``, an ``overrides`` key matching no layer,
+    an ``input_shape`` the model cannot take.
     """
     table = _method_table(method)
     if budget is not None and rank is not None:
@@ -256,7 +375,7 @@ def decompose(
     if calibration is not None and input_shape is DEFAULT_INPUT_SHAPE:
         input_shape = None  # taken from the calibration data
     if input_shape is not None:
-        input_shape = tuple(int(s) for s in input_shape)
+        input_shape = _check_shape(input_shape)
     if isinstance(rank_multiple, bool) or not isinstance(rank_multiple, int) or rank_multiple < 1:
         raise ValueError(f"rank_multiple must be an int >= 1; got {rank_multiple!r}.")
     if min_speedup is not None:
@@ -264,6 +383,8 @@ def decompose(
             raise ValueError(f"min_speedup must be a number > 0 or None; got {min_speedup!r}.")
         if input_shape is None and calibration is None:
             raise ValueError("min_speedup times each layer at input_shape; got input_shape=None.")
+
+    _check_arguments(model, overrides)
 
     if calibration is not None or budget is not None:
         from .guided import decompose_guided  # needs this module's helpers
@@ -274,16 +395,20 @@ def decompose(
     new_model, names_of, candidates = _copy_and_walk(model)
     shapes = _input_shapes(new_model, candidates, input_shape) if input_shape and candidates else {}
 
-    rows, replacements = [], {}
+    selected = _select_all(new_model, names_of, candidates, shapes, input_shape, table, default_policy, overrides)
+
+    rows, replacements = {}, {}
     for name, layer in tqdm(candidates.items(), desc="decompose", unit="layer", disable=not progress):
-        row, new_layer = _decompose_one(name, layer, shapes.get(name), table, default_policy,
-                                        overrides, method_options, rank_multiple, min_speedup)
-        rows.append(row)
+        row, new_layer = _decompose_one(name, layer, shapes.get(name), selected[name], method_options,
+                                        rank_multiple, min_speedup)
+        rows[name] = row
         if new_layer is not None:
             replacements[name] = (layer, new_layer)
 
     for name, (layer, new_layer) in replacements.items():
         new_model = _replace_everywhere(new_model, names_of, layer, new_layer)
+    new_model = _put_back_broken_(model, new_model, names_of, replacements, rows, shapes, input_shape)
+    rows = list(rows.values())
 
     macs_before = macs_after = None
     if input_shape is not None and candidates:
@@ -337,9 +462,7 @@ def _measured_speedup(layer: nn.Module, candidate: nn.Module, input_shape: tuple
     return t["original"].median / t["decomposed"].median
 
 
-def _decompose_one(name, layer, in_shape, table, default_policy, overrides, method_options,
-                   rank_multiple=1, min_speedup=None):
-    selected = _select(name, layer, in_shape, table, default_policy, overrides)
+def _decompose_one(name, layer, in_shape, selected, method_options, rank_multiple=1, min_speedup=None):
     if isinstance(selected, LayerReport):
         return selected, None
     method, policy = selected
@@ -445,6 +568,11 @@ def build_decomposed(model: nn.Module, report: Report | Iterable[Mapping[str, An
         torch.save(new_model.state_dict(), "model.pt")
         skeleton = build_decomposed(model, report)
         skeleton.load_state_dict(torch.load("model.pt", weights_only=True))
+
+    A layer used at several places (shared) is rebuilt under each of its names, as ``decompose``
+    replaced it, so the tying survives a save and load. Each record is checked against the model
+    first (the name is a Conv2d / Linear, the ``layer`` it was made for matches, the method fits
+    its kind, the ranks its shape): the first that does not fit is a ``ValueError`` naming it.
     """
     if isinstance(report, Report):
         rows = report.to_records()
@@ -455,23 +583,52 @@ def build_decomposed(model: nn.Module, report: Report | Iterable[Mapping[str, An
         rows = report["layers"]
     else:
         rows = list(report)
-    new_model = copy.deepcopy(model)
-    for row in rows:
+    new_model, names_of, candidates = _copy_and_walk(model)
+    by_name = {alias: m for m in candidates.values() for alias in names_of[id(m)]}
+    done: set[int] = set()
+    for i, row in enumerate(rows):
+        layer = _record_layer(model, by_name, row, i)
         if row.get("skipped") is not None:
             continue
-        name, method, ranks = row["name"], row["method"], row["ranks"]
-        if method not in _DECOMPOSERS:
-            raise ValueError(f"report row {name!r} has method {method!r}; expected one of {sorted(_DECOMPOSERS)}.")
+        name, method = row["name"], row.get("method")
+        if id(layer) in done:
+            raise ValueError(f"report row {name!r} decomposes a layer that an earlier row already decomposed "
+                             f"(a shared layer has one row, under its first name).")
+        done.add(id(layer))
+        allowed = ALLOWED[_kind(layer)]
+        if method not in allowed:
+            raise ValueError(f"report row {name!r} has method {method!r}; allowed for this {_kind(layer)} layer "
+                             f"({describe_layer(layer)}): {allowed}.")
+        ranks = row.get("ranks")
+        ranks = tuple(ranks) if isinstance(ranks, list) else ranks
+        if method == "tucker2" and not (isinstance(ranks, tuple) and len(ranks) == 2):
+            raise ValueError(f"report row {name!r} (tucker2) needs ranks [r_in, r_out]; got {row.get('ranks')!r}.")
+        ranks = _check_planned_ranks(method, layer, ranks, f"report row {name!r}")
+        options = _build_options(method, row.get("info"), missing="separable")  # rows from before `spatial`
+        new_layer = _DECOMPOSERS[method][1](layer, ranks, device="meta", **options).to_empty(device=layer.weight.device)
+        new_model = _replace_everywhere(new_model, names_of, layer, new_layer)
+    return new_model
+
+
+def _record_layer(model: nn.Module, by_name: dict[str, nn.Module], row: Any, i: int) -> nn.Module:
+    """The Conv2d / Linear (in the copy, ``by_name``) that a report record names, checked to be the
+    layer the record was made for."""
+    if not isinstance(row, Mapping) or not isinstance(row.get("name"), str):
+        raise ValueError(f"report record {i} must be a mapping with a 'name' (as Report.to_records() gives); "
+                         f"got {row!r:.200}.")
+    name = row["name"]
+    if name not in by_name:
         try:
-            layer = new_model.get_submodule(name)
+            other = model.get_submodule(name)
         except AttributeError:
             raise ValueError(f"report row {name!r} names no module of this model.") from None
-        ranks = tuple(ranks) if isinstance(ranks, list) else ranks
-        build = _DECOMPOSERS[method][1]
-        options = _build_options(method, row.get("info"), missing="separable")  # rows from before `spatial`
-        new_layer = build(layer, ranks, device="meta", **options).to_empty(device=layer.weight.device)
-        if name == "":
-            new_model = new_layer
-        else:
-            _set_module(new_model, name, new_layer)
-    return new_model
+        raise ValueError(f"report row {name!r} names a {type(other).__name__}, not a Conv2d or Linear layer.")
+    module = by_name[name]
+    described = describe_layer(module)
+    if row.get("layer") is not None and row["layer"] != described:
+        raise ValueError(f"report row {name!r} was made for a {row['layer']} layer; this model has "
+                         f"{described} there.")
+    if row.get("skipped") is None and _kind(module) is None:
+        raise ValueError(f"report row {name!r} decomposes {described}, which decompose never does "
+                         f"(only nn.Conv2d with groups=1 and nn.Linear).")
+    return module

@@ -22,6 +22,8 @@ import torchvision
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
 import decomp  # noqa: E402
+import decomp.rank  # noqa: E402
+from decomp.cli._config import check_output  # noqa: E402
 from decomp.experiments.runinfo import atomic_write_text, write_sidecar  # noqa: E402
 
 MODELS = {"vgg16": torchvision.models.vgg16, "alexnet": torchvision.models.alexnet}
@@ -55,6 +57,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the report table (Markdown) here, with a JSON sidecar")
     args = p.parse_args(argv)
+    try:  # every argument before the model is built (a VGG16 at 224 takes minutes to decompose)
+        decomp.rank.as_policy(args.rank)
+    except (TypeError, ValueError) as e:
+        p.error(f"argument --rank: {e}")
+    if args.input_size < 1:
+        p.error(f"argument --input-size: {args.input_size}; allowed: an int >= 1 (pixels)")
+    if args.out is not None:
+        check_output(p, "--out", args.out)
 
     torch.manual_seed(args.seed)
     model = MODELS[args.model]().eval()

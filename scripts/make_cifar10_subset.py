@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from decomp.cli._config import check_output  # noqa: E402
 from decomp.experiments.data import CIFAR10_CLASSES, _parse_member  # noqa: E402
 from decomp.experiments.runinfo import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -120,7 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = Config(args.source, args.out, args.train_per_class, args.test_per_class, args.seed)
     if not config.source.is_file():
-        raise SystemExit(f"--source {config.source} does not exist; pass the CIFAR-10 JPEG archive")
+        parser.error(f"argument --source: {config.source} does not exist; allowed: the CIFAR-10 JPEG archive")
+    for flag, value in (("--train-per-class", config.train_per_class), ("--test-per-class", config.test_per_class)):
+        if value < 1:
+            parser.error(f"argument {flag}: {value}; allowed: an int >= 1")
+    check_output(parser, "--out", config.out)
+    check_output(parser, "--out", config.out.with_name("README.md"))
 
     chosen = choose(read_members(config.source), config)
     blob = pack(chosen, config.top)

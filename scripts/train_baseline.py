@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from decomp.cli._config import check_output  # noqa: E402
 from decomp.experiments.data import Loader, load_cifar10  # noqa: E402
 from decomp.experiments.runinfo import write_sidecar  # noqa: E402
 from decomp.experiments.train import (  # noqa: E402
@@ -65,6 +66,7 @@ def _parse(argv: list[str] | None) -> tuple[ScriptConfig, TrainConfig, ModelConf
                 parser.add_argument(flag, type=type(default), default=default)
     args = vars(parser.parse_args(argv))
     script = ScriptConfig(**{f.name: args[f.name] for f in fields(ScriptConfig)})
+    _check(script, parser)
     tcfg = TrainConfig(**{f.name: args[f.name] for f in fields(TrainConfig)})
     mcfg = ModelConfig(name=canonical_name(script.model), width=script.width,
                        **{f.name: args[f.name] for f in fields(ModelConfig) if f.name not in ("name", "width")})
@@ -105,6 +107,16 @@ def time_epoch(model: nn.Module, data, tcfg: TrainConfig, device: str, steps: in
         "s_test_pass": time.perf_counter() - start, "train_loss": stats["loss"],
         "test_accuracy_after": test["accuracy"],
     }
+
+
+def _check(script: ScriptConfig, parser: argparse.ArgumentParser) -> None:
+    """The script's own settings, before the data is read or a step is trained."""
+    if script.threads < 0 or script.time_steps < 0:
+        parser.error(f"argument --threads / --time-steps: {script.threads} / {script.time_steps}; allowed: ints >= 0")
+    if script.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"argument --device: {script.device}: CUDA is not available on this machine; allowed: cpu")
+    if script.time_steps == 0:
+        check_output(parser, "--out", script.out, folder=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -249,8 +249,13 @@ def main(argv=None) -> int:
         return 0 if new == text else 1
     if new != text:
         tmp = README.with_suffix(".md.tmp")
-        tmp.write_text(new)
-        tmp.replace(README)
+        try:
+            tmp.write_text(new)
+            tmp.replace(README)
+        except OSError as e:  # a full disk: no temporary left behind, and the file named
+            tmp.unlink(missing_ok=True)
+            print(f"could not write {README}: {e.strerror or e}", file=sys.stderr)
+            return 1
     return 0
 
 

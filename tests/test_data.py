@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import decomp
 from decomp.experiments import data as D
 from decomp.experiments.data import (
     CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, EMBEDDED_SUBSET, CorruptDataError,
@@ -224,6 +225,66 @@ def test_corrupt_and_missing_batch_files(tmp_path):
     (folder / "test_batch").unlink()
     with pytest.raises(DataNotFoundError, match="test_batch"):
         load_cifar10(folder, use_cache=False)
+
+
+class _RunsCode:
+    """What a crafted pickle can hold: unpickling calls ``os.system`` (here: creates a file)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_crafted_batch_file_is_refused_without_running_its_code(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    marker = tmp_path / "code_ran"
+    entry = {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 1], "payload": _RunsCode(marker)}
+    (folder / "data_batch_3").write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(CorruptDataError, match=r"data_batch_3.*refused: it asks to load posix\.system"):
+        load_cifar10(folder, use_cache=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_batch_files_of_every_pickle_protocol_and_numpy_1_names_are_read(tmp_path, protocol):
+    """The originals are Python 2 pickles naming numpy.core.multiarray._reconstruct (numpy 1)."""
+    folder = tmp_path / "cifar-10-batches-py"
+    rows, labels = _write_batches(folder)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        blob = pickle.dumps(pickle.loads((folder / name).read_bytes()), protocol=protocol)
+        if protocol == 2:  # GLOBAL opcodes are text lines: the numpy 1 names can be put in place
+            blob = blob.replace(b"numpy._core", b"numpy.core")
+        (folder / name).write_bytes(blob)
+    data = load_cifar10(folder, use_cache=False)
+    assert torch.equal(data.train.images[3], torch.from_numpy(rows[3].reshape(3, 32, 32)))
+    assert data.test.labels.tolist() == labels[10:]
+
+
+def _call(text: str, start: int) -> str:
+    """The call that starts at ``text[start]``, up to its closing parenthesis."""
+    depth, i = 0, text.index("(", start)
+    for j in range(i, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[start:j + 1]
+    return text[start:]
+
+
+def test_no_unsafe_loading_anywhere_in_the_package():
+    """No pickle.load, torch.load without weights_only=True, eval or exec in decomp/."""
+    package = Path(decomp.__file__).resolve().parent
+    bad = []
+    for file in sorted(package.rglob("*.py")):
+        text = file.read_text()
+        for pattern in (r"\bpickle\.loads?\(", r"\bpickle\.Unpickler\(", r"(?<![\w.`])eval\(", r"(?<![\w.`])exec\("):
+            bad += [f"{file.name}: {m.group(0)}" for m in re.finditer(pattern, text)]
+        for m in re.finditer(r"\btorch\.load\(", text):
+            if not re.search(r"weights_only\s*=\s*True", _call(text, m.start())):
+                bad.append(f"{file.name}: {_call(text, m.start())[:80]!r}")
+    assert bad == []
 
 
 # ----------------------------------------------------------------------------------------

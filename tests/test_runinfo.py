@@ -1,11 +1,16 @@
+import contextlib
+import errno
 import json
 import os
+import resource
+import signal
 import stat
 
 import pytest
 import torch
 
-from decomp.experiments.runinfo import atomic_torch_save, atomic_write_text, environment_info, write_artifacts, write_sidecar
+from decomp.experiments.runinfo import (WriteError, atomic_torch_save, atomic_write_bytes, atomic_write_text,
+                                       environment_info, write_artifacts, write_sidecar)
 
 
 def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path):
@@ -31,6 +36,52 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
         atomic_torch_save({"bad": Unpicklable()}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+@contextlib.contextmanager
+def _small_disk(limit: int = 64):
+    """Writes past ``limit`` bytes fail with EFBIG, as on a full disk (RLIMIT_FSIZE, SIGXFSZ ignored)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+@pytest.mark.parametrize("write", [lambda p: atomic_write_text(p, "x" * 100), lambda p: atomic_write_bytes(p, b"x" * 100),
+                                   lambda p: atomic_torch_save({"a": torch.ones(100)}, p)])
+def test_a_full_disk_names_the_file_and_leaves_no_temporary(tmp_path, write):
+    path = tmp_path / "out" / "table.md"
+    path.parent.mkdir()
+    with pytest.raises(WriteError, match=rf"could not write {path}: File too large") as caught, _small_disk():
+        write(path)
+    assert caught.value.errno == errno.EFBIG and isinstance(caught.value, OSError)
+    assert list(path.parent.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_made_names_the_file(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(WriteError, match=rf"could not write {tmp_path / 'file' / 'x.md'}: "):
+        atomic_write_text(tmp_path / "file" / "x.md", "x")
+
+
+def test_a_figure_on_a_full_disk_leaves_no_temporary(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from decomp.experiments.reproduce import _save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    with pytest.raises(OSError, match=rf"could not write {tmp_path / 'plot.png'}: File too large"), _small_disk():
+        _save_figure(fig, tmp_path / "plot.png")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_sidecar_says_how_it_was_made(tmp_path):

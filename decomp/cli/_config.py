@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any
 
 
@@ -41,3 +43,26 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def output_problem(path, folder: bool = False) -> str | None:
+    """Why ``path`` cannot be written (as a file, or as a folder with ``folder``), or None: checked
+    before any work, so that a run never ends minutes later on a bad output path."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        return f"{path} is {'a file' if folder else 'a folder'}; allowed: {'a folder' if folder else 'a file path'}"
+    parent = path if path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{path} is under {parent}, which is a file; allowed: a path in a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path} cannot be written: {parent} is not writable"
+    return None
+
+
+def check_output(parser: argparse.ArgumentParser, flag: str, path, folder: bool = False) -> None:
+    """``parser.error`` naming ``flag`` when :func:`output_problem` finds one."""
+    problem = output_problem(path, folder)
+    if problem is not None:
+        parser.error(f"argument {flag}: {problem}")

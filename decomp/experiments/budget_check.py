@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import decomp
+from decomp.cli._config import check_output
 from decomp.experiments.reproduce import leave_out
 from decomp.experiments.runinfo import atomic_write_text, write_sidecar
 from decomp.experiments.zoo import ModelConfig
@@ -117,6 +118,15 @@ def main(argv=None, prog: str | None = None) -> None:
     a = p.parse_args(argv)
     if a.weights and not Path(a.weights).is_file():
         p.error(f"argument --weights: {a.weights} is not a file")
+    for flag, kind, factors in (("--macs", decomp.MACs, a.macs), ("--latency", decomp.Latency, a.latency)):
+        for factor in factors:  # the checks take minutes: a bad factor is refused before them
+            try:
+                kind(factor)
+            except (TypeError, ValueError) as e:
+                p.error(f"argument {flag}: {factor:g}: {e}")
+    if not a.seconds > 0:
+        p.error(f"argument --seconds: {a.seconds:g}; allowed: seconds > 0")
+    check_output(p, "--out", a.out, folder=True)
     if a.retime:
         torch.set_num_threads(1)
         print(json.dumps(retime(a.weights, a.retime, a.seconds)))

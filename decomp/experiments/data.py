@@ -25,6 +25,7 @@ mean and std. The order and augmentation of epoch ``e`` depend only on ``(seed, 
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -294,15 +295,55 @@ def _read_batches(folder: Path) -> tuple[Split, Split]:
     return Split(images, labels), Split(*test)
 
 
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR-10 pickle refers to: numpy's array reconstruction, under its
+    numpy 1 (``numpy.core``) and numpy 2 (``numpy._core``) names, and bytes from latin-1 text."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray, numeric
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): codecs.encode}
+    for package in ("numpy.core", "numpy._core"):
+        allowed[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only :func:`_numpy_globals`: plain containers, strings and
+    numbers need no global, and anything else (``os.system``, a class with a ``__reduce__``) could
+    run code while loading, which Python's documentation warns of for untrusted pickles."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _numpy_globals()
+        if (module, name) not in allowed:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return allowed[(module, name)]
+
+
 def _read_batch(file: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not file.is_file():
         raise DataNotFoundError(f"CIFAR-10 batch file {str(file)!r} is missing. {_HOW_TO}")
     try:
         with open(file, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _BatchUnpickler(f, encoding="latin1").load()
+        if not isinstance(entry, dict):
+            raise TypeError(f"the pickle holds a {type(entry).__name__}, not a dict with 'data' and 'labels'")
         data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except _RefusedGlobal as e:
+        raise CorruptDataError(
+            f"CIFAR-10 batch file {str(file)!r} refused: it asks to load {e}, which a CIFAR-10 pickle never "
+            "needs (allowed: numpy arrays, lists, dicts, strings and numbers); unpickling it could run code. "
+            f"{_HOW_TO}") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+            OverflowError) as e:
         raise CorruptDataError(
             f"CIFAR-10 batch file {str(file)!r} is not a readable CIFAR-10 pickle ({e!r}). {_HOW_TO}"
         ) from e

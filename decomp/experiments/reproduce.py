@@ -21,6 +21,7 @@ The library prints nothing; progress goes through tqdm.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +38,7 @@ from decomp.budget import parse_budget
 from decomp.experiments.data import Loader, Split
 from decomp.measure import count_macs, count_params, time_interleaved
 from decomp.model import build_decomposed, decompose
-from decomp.experiments.runinfo import atomic_torch_save, atomic_write_text
+from decomp.experiments.runinfo import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from decomp.experiments.train import TrainConfig, evaluate, recalibrate_batchnorm, train
 
 __all__ = [
@@ -528,17 +529,17 @@ def plot_accuracy_vs_speedup(df, path: str | Path, controls=()) -> Path:
 
 
 def _save_figure(fig, path: str | Path) -> Path:
-    """Write atomically (temporary file, then rename) and close the figure."""
+    """Render to memory, write atomically (no temporary file is left on a full disk, and the error
+    names ``path``) and close the figure."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_layer_speedups(layers, path: str | Path, min_speedup: float | None = None) -> Path | None:

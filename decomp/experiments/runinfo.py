@@ -27,6 +27,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_bytes",
     "atomic_torch_save",
+    "WriteError",
     "environment_info",
     "write_sidecar",
     "write_artifacts",
@@ -42,20 +43,34 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
+class WriteError(OSError):
+    """An ``OSError`` while writing a result file, naming that file (not its temporary name)."""
+
+
+def _named(error: OSError, path: Path) -> WriteError:
+    return WriteError(error.errno, f"could not write {path}: {error.strerror or error}")
+
+
 @contextlib.contextmanager
 def _atomic_target(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary file name beside ``path``; on success rename it over ``path``, on any
-    error remove it, so ``path`` is either the old file or the whole new one."""
+    error remove it, so ``path`` is either the old file or the whole new one. An ``OSError``
+    (a full disk, a read-only folder) comes out as a :class:`WriteError` that names ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as e:
+        raise _named(e, path) from e
     try:
         yield tmp
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise _named(e, path) from e
         raise
 
 
@@ -75,8 +90,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically (save ``state_dict``s, not pickled modules)."""
-    with _atomic_target(path) as tmp:
-        torch.save(obj, tmp)
+    with _atomic_target(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)  # through a Python file, so that a full disk is an OSError, not a RuntimeError
+        f.flush()
+        os.fsync(f.fileno())
     return Path(path)
 
 

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from decomp.cli._config import ArgumentParser, add_config_arguments, config_values
+from decomp.cli._config import ArgumentParser, add_config_arguments, check_output, config_values
 from decomp.experiments.catalog import FRACTIONS, MODELS, Case, Layer, cases, model_layers
 from decomp.experiments.runinfo import atomic_write_bytes, atomic_write_text, write_sidecar
 from decomp.measure import count_macs, count_params, time_interleaved
@@ -91,6 +91,7 @@ def parse_args(argv=None, prog: str | None = None) -> Config:
             p.error(f"argument --{name.replace('_', '-')}: {values[name]}: allowed: an int >= 1")
     if not values["min_run_time"] > 0:
         p.error(f"argument --min-run-time: {values['min_run_time']}: allowed: seconds > 0")
+    check_output(p, "--out", values["out"], folder=True)
     return Config(**values)
 
 
