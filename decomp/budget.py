@@ -16,7 +16,7 @@ each layer's lower convex hull, until the target is met: marginal analysis, whic
 for the Lagrangian of "minimise the sum of squared relative errors under the cost". For
 ``Latency``, the chosen architecture (random weights) is then timed against the original,
 interleaved, and the target re-aimed (a proportional step, then secant steps in log-log
-space; at most eight timings) until the measured speed-up is at least the target and at most 6% past it, as
+space; at most eight timings) until the measured speed-up is 2-8% past the target (a margin for re-timing), as
 per-layer latencies do not add up exactly to the model's. The slowest timed allocation that
 reached the target is kept (the fastest, if none did).
 """
@@ -61,7 +61,7 @@ class MACs:
 @dataclass(frozen=True)
 class Latency:
     """The whole model measured at least ``factor`` times faster at ``input_shape`` on its device
-    (the search aims at ``[factor, 1.06 factor]``; see the module docstring).
+    (the search aims at ``[1.02 factor, 1.08 factor]``, a margin for re-timing; see the module docstring).
 
     CPU: timed at ``threads`` threads on the thread CPU clock (1 by default: the honest
     figure on a shared machine); CUDA: wall clock with synchronisation. ``min_run_time``:
@@ -256,16 +256,20 @@ def model_speedup(original: nn.Module, new: nn.Module, input_shape: tuple[int, .
     return t["original"] / t["new"]
 
 
-def _aim(allocate_at, total_cost, factor, measure, tries_max: int = 8, tolerance: float = 0.06) -> list[dict]:
-    """Re-aim the allocation until the measured speed-up lands in ``[factor, factor * (1 +
-    tolerance)]``: at least what was asked for, and not much more (every extra bit of speed
-    costs accuracy). Per-layer latencies timed alone do not add up to the model's (caches, the
+def _aim(allocate_at, total_cost, factor, measure, tries_max: int = 8, tolerance: float = 0.06,
+         margin: float = 0.02) -> list[dict]:
+    """Re-aim the allocation until the measured speed-up lands in ``[factor * (1 + margin),
+    factor * (1 + margin + tolerance)]``: at least what was asked for, with a small margin for
+    the few percent by which an independent re-timing differs (measured on the CIFAR VGG16: a
+    search that reached x3.03 was re-timed at x2.99), and not much more (every extra bit of
+    speed costs accuracy). Per-layer latencies timed alone do not add up to the model's (caches, the
     ops between layers; on a CIFAR VGG16 at batch 1 the whole model gained up to 3x more than
     its layers' table predicted), but the measured speed-up grows with the aim. So: a
     proportional step towards the middle of the window, then secant steps in log-log space
     through the two nearest timed points (regula falsi once the target is bracketed, kept
     inside the bracket), at most ``tries_max`` timings."""
-    goal = factor * (1 + tolerance / 2)
+    low, high = factor * (1 + margin), factor * (1 + margin + tolerance)
+    goal = (low + high) / 2
     tries, aim, last = [], goal, None
     for _ in range(tries_max):
         ranks, cost = allocate_at(aim)
@@ -274,14 +278,15 @@ def _aim(allocate_at, total_cost, factor, measure, tries_max: int = 8, tolerance
         last = ranks
         measured = measure(ranks)
         tries.append({"aim": aim, "predicted": total_cost / cost, "measured": measured})
-        if factor <= measured <= factor * (1 + tolerance):
+        if low <= measured <= high:
             break
-        aim = max(_next_aim(tries, goal, factor), 1.0)
+        aim = max(_next_aim(tries, goal, low), 1.0)
     return tries
 
 
 def _next_aim(tries: list[dict], goal: float, factor: float) -> float:
-    """The aim whose measured speed-up should be ``goal``, from the timed tries."""
+    """The aim whose measured speed-up should be ``goal``, from the timed tries (those below
+    ``factor`` fell short)."""
     short = [t for t in tries if t["measured"] < factor]
     over = [t for t in tries if t["measured"] >= factor]
     lo = max(short, key=lambda t: t["aim"]) if short else None

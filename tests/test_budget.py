@@ -118,7 +118,7 @@ def _aim_with(factor, measured_over_aim):
 def test_aim_brackets_the_target():
     # a model whose measured speed-up is 1.4x the aim: the loop still closes in
     tries = _aim_with(2.0, 1.4)
-    assert 2.0 <= tries[-1]["measured"] <= 2.0 * 1.06  # at least the target, not much past it
+    assert 2.0 * 1.02 <= tries[-1]["measured"] <= 2.0 * 1.08  # past the target by a margin, not much more
 
 
 def test_aim_never_settles_below_the_target():
@@ -142,7 +142,7 @@ def test_aim_follows_a_model_that_gains_more_than_its_layers_predict():
         return {"layer": round(aim, 9)}, 100 / aim
 
     tries = B._aim(allocate_at, 100.0, 3.0, lambda r: state["aim"] ** 2.5)
-    assert 3.0 <= tries[-1]["measured"] <= 3.0 * 1.06 and len(tries) <= 5, tries
+    assert 3.0 * 1.02 <= tries[-1]["measured"] <= 3.0 * 1.08 and len(tries) <= 5, tries
 
 
 @pytest.mark.parametrize("kwargs, match", [
