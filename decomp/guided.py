@@ -169,9 +169,10 @@ def _keep(follow) -> int:
 
 
 def _relu_refined(fit, rank, follow, moments, bias=None):
-    """The fit refined for the ReLU that reads the layer's (batch-normalised) output, if one does
-    (:func:`decomp.calibration.refine_for_relu`); ``(fit, None)`` otherwise (and for the
-    input-side fit of a Linear with fewer inputs than outputs, which stays linear)."""
+    """``(fit, errors)``: the fit refined for the ReLU that reads the layer's (batch-normalised)
+    output (:func:`decomp.calibration.refine_for_relu`) and its ReLU-space errors; ``(fit, None)``
+    where no ReLU reads it or no sample was kept (the input-side fit of a Linear with fewer
+    inputs than outputs stays linear); ``(fit, reason)`` when too few rows were kept."""
     if "sample" not in moments:
         return fit, None
     rows, features = moments["sample"][1].shape
