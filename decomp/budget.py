@@ -14,8 +14,9 @@ data when given, read off the spectra without fitting any factor). Starting from
 original model, the step with the least error added per unit of cost saved is taken, over
 each layer's lower convex hull, until the target is met: marginal analysis, which is optimal
 for the Lagrangian of "minimise the sum of squared relative errors under the cost". For
-``Latency``, the chosen architecture (random weights) is then timed against the original,
-interleaved, and the target re-aimed (a proportional step, then secant steps in log-log
+``Latency``, the chosen architecture (random weights) is then timed against the original in
+paired rounds (:func:`decomp.measure.paired_speedups`: the median of per-round ratios), and
+the target re-aimed (a proportional step, then secant steps in log-log
 space; at most eight timings) until the measured speed-up is 2-8% past the target (a margin for re-timing), as
 per-layer latencies do not add up exactly to the model's. The slowest timed allocation that
 reached the target is kept (the fastest, if none did).
