@@ -301,24 +301,27 @@ def _aim(allocate_at, total_cost, factor, measure, tries_max: int = 8, tolerance
 
 def _next_aim(tries: list[dict], goal: float, factor: float) -> float:
     """The aim whose measured speed-up should be ``goal``, from the timed tries (those below
-    ``factor`` fell short)."""
+    ``factor`` fell short). Steps are taken on each try's *predicted* speed-up, which is what
+    its aim reached: an aim past what the hulls can give (every layer at its cheapest) predicts
+    less than it asked, and a step from the aim itself would ask for that same allocation again."""
+    x = lambda t: t["predicted"]  # noqa: E731
     short = [t for t in tries if t["measured"] < factor]
     over = [t for t in tries if t["measured"] >= factor]
-    lo = max(short, key=lambda t: t["aim"]) if short else None
-    hi = min(over, key=lambda t: t["aim"]) if over else None
+    lo = max(short, key=x) if short else None
+    hi = min(over, key=x) if over else None
     if lo is None or hi is None:  # not bracketed: the secant through the last two, else proportional
         a, b = (tries[-2], tries[-1]) if len(tries) >= 2 else (None, tries[-1])
     else:
         a, b = lo, hi
-    if a is None or a["aim"] == b["aim"] or a["measured"] <= 0 or b["measured"] <= 0 \
+    if a is None or math.isclose(x(a), x(b)) or a["measured"] <= 0 or b["measured"] <= 0 \
             or math.isclose(a["measured"], b["measured"]):
-        return b["aim"] * goal / b["measured"]
-    slope = (math.log(b["aim"]) - math.log(a["aim"])) / (math.log(b["measured"]) - math.log(a["measured"]))
+        return x(b) * goal / b["measured"]
+    slope = (math.log(x(b)) - math.log(x(a))) / (math.log(b["measured"]) - math.log(a["measured"]))
     if slope <= 0:  # noise made the curve look decreasing: fall back to bisection / proportion
-        return math.sqrt(a["aim"] * b["aim"]) if lo is not None and hi is not None else b["aim"] * goal / b["measured"]
-    aim = math.exp(math.log(b["aim"]) + slope * (math.log(goal) - math.log(b["measured"])))
+        return math.sqrt(x(a) * x(b)) if lo is not None and hi is not None else x(b) * goal / b["measured"]
+    aim = math.exp(math.log(x(b)) + slope * (math.log(goal) - math.log(b["measured"])))
     if lo is not None and hi is not None:  # stay strictly inside the bracket
-        low, high = math.log(lo["aim"]), math.log(hi["aim"])
+        low, high = sorted((math.log(x(lo)), math.log(x(hi))))
         margin = 0.1 * (high - low)
         aim = math.exp(min(max(math.log(aim), low + margin), high - margin))
     return aim

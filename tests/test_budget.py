@@ -132,6 +132,22 @@ def test_aim_never_settles_below_the_target():
     assert B._best_try([{"measured": 1.5}, {"measured": 1.8}], 2.0)["measured"] == 1.8  # none reached: the fastest
 
 
+def test_aim_steps_back_from_an_aim_the_hulls_cannot_reach():
+    # every layer at its cheapest predicts x2, and the model measures 2.4x its prediction: the
+    # first aim (x3.15) asks for more than the hulls give, its allocation measures x4.8; the
+    # next aim must come from what was predicted (x2), not from the aim, or it asks for the
+    # same exhausted allocation again and the search stops at x4.8
+    state = {}
+
+    def allocate_at(aim):
+        state["predicted"] = min(aim, 2.0)
+        return {"layer": round(state["predicted"], 9)}, 100 / state["predicted"]
+
+    tries = B._aim(allocate_at, 100.0, 3.0, lambda r: 2.4 * state["predicted"], tries_max=6)
+    assert len(tries) >= 2 and tries[0]["measured"] > 4.5
+    assert 3.0 <= B._best_try(tries, 3.0)["measured"] <= 3.0 * 1.08
+
+
 def test_aim_follows_a_model_that_gains_more_than_its_layers_predict():
     # measured = aim^2.5, as a whole VGG16 at batch 1 gained far more than its per-layer table
     # said: a proportional step alone overshoots and undershoots; the secant steps land in the window
