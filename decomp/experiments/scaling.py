@@ -86,11 +86,12 @@ def measure(processes: int, threads: int, *, epochs: int, batch_size: int, image
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "decomp.experiments.scaling",
                "--worker", str(out), "--epochs", str(epochs), "--batch-size", str(batch_size), "--images", str(images)]
-        start = time.perf_counter()
+        start, load = time.perf_counter(), os.getloadavg()  # how busy the shared machine was
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-2000:]}")
-        return {**json.loads(out.read_text()), "launch_wall_s": time.perf_counter() - start}
+        return {**json.loads(out.read_text()), "launch_wall_s": time.perf_counter() - start,
+                "load_average_1_5_15_before": load, "load_average_1_5_15_after": os.getloadavg()}
 
 
 def _table(rows: list[dict]) -> tuple[str, str]:
