@@ -241,11 +241,16 @@ def render_scaling() -> str:
     body = []
     if path.exists():
         rows = read_csv(path)
-        cpu = json.loads(path.with_name(path.name + ".json").read_text()).get("cpu", "the CPU")
+        sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+        first = float(rows[0]["images_per_s"])
         body = [f"- {r['processes']} process{'es' if r['processes'] != '1' else ''} x {r['threads_per_process']} "
                 f"thread{'s' if r['threads_per_process'] != '1' else ''}: **{float(r['images_per_s']):.0f} images/s** "
-                f"(x{float(r['speedup_vs_1x1']):.2f} of 1 process x 1 thread)" for r in rows]
-        body += ["", f"Measured on {cpu}.", ""]
+                f"(x{float(r['images_per_s']) / first:.2f} of 1 process x 1 thread)" for r in rows]
+        loads = [run["load_average_1_5_15_before"][0] for run in sidecar.get("runs", [])
+                 if "load_average_1_5_15_before" in run]
+        body += ["", f"Measured on {sidecar.get('cpu', 'the CPU')} ({sidecar.get('cpu_count')} cores)"
+                 + (f", 1-minute load average {min(loads):.1f}-{max(loads):.1f} at the start of the runs" if loads else "")
+                 + ".", ""]
     return "\n".join([SCALING_START, *body, SCALING_END])
 
 
