@@ -48,7 +48,20 @@ def one_step(out: Path) -> dict:
         res = train(model, tiny_split(16, 1), ONE_STEP, progress=False)
         result[f"bn={bn}"] = {"state": model.state_dict(), "history": res.history,
                               "eval": evaluate(model, tiny_split(11, 2))}  # 11 images: shards of 5 and 6
+    if (out / "tree").is_dir():  # the same process group also trains on an ImageFolder
+        result["folder"] = folder_step(out)
     return result
+
+
+def folder_step(out: Path) -> dict:
+    """Two steps on an ImageFolder tree (``out/tree``, made by the test): DistributedSampler path."""
+    from decomp.experiments.imagefolder import image_folders
+
+    train_set, val_set = image_folders(out / "tree", size=16)
+    model = tiny_model(True)
+    res = train(model, train_set, TrainConfig(epochs=1, batch_size=10, lr=0.2, warmup_frac=0.0), test_data=val_set,
+                progress=False, topk=(1, 5))
+    return {"state": model.state_dict(), "test": res.test, "steps": res.history[0]["steps"]}
 
 
 def interrupted(out: Path) -> dict:

@@ -44,8 +44,16 @@ def test_loader_shards_are_the_single_process_batch():
         Loader(data, 12, train=True, shard=(0, 5))
 
 
-def test_one_ddp_step_matches_one_process_on_the_same_global_batch(tmp_path):
-    ranks = spawn("one_step", tmp_path)
+@pytest.fixture(scope="module")
+def one_step_ranks(tmp_path_factory, tiny_imagefolder):
+    """One spawn of two ranks for the tests below (starting the processes is the slow part)."""
+    out = tmp_path_factory.mktemp("one_step")
+    (out / "tree").symlink_to(tiny_imagefolder)
+    return spawn("one_step", out)
+
+
+def test_one_ddp_step_matches_one_process_on_the_same_global_batch(one_step_ranks):
+    ranks = one_step_ranks
     for bn in (False, True):
         a, b = (r[f"bn={bn}"] for r in ranks)
         # gradients all-reduced and batch-norm buffers averaged: both ranks hold one model
@@ -84,3 +92,11 @@ def test_a_killed_two_process_run_resumes_from_its_last_checkpoint(tmp_path):
             torch.testing.assert_close(r["state"][key], value, rtol=1e-5, atol=1e-6)
     for key in ranks[0]["state"]:
         assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), key
+
+
+def test_ddp_on_an_imagefolder_tree_trains_one_model_and_counts_every_val_image(one_step_ranks):
+    a, b = (r["folder"] for r in one_step_ranks)
+    assert a["steps"] == b["steps"] == 4  # 40 images, a global batch of 10: 5 per rank per step
+    for key in a["state"]:
+        assert torch.equal(a["state"][key], b["state"][key]), key
+    assert a["test"] == b["test"] and a["test"]["count"] == 20 and 0 <= a["test"]["accuracy"] <= a["test"]["top5"]

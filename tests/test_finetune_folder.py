@@ -10,15 +10,13 @@ from torch import nn
 
 from decomp.experiments import finetune_folder
 from decomp.experiments.data import Split
-from decomp.experiments.imagefolder import DatasetLoader, image_folders, make_tiny_imagefolder
+from decomp.experiments.imagefolder import DatasetLoader, image_folders
 from decomp.experiments.train import evaluate
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny-imagefolder")
-    return make_tiny_imagefolder(root, train_per_class=4, val_per_class=2, size=32,
-                                 cache_dir=tmp_path_factory.mktemp("cache"))
+@pytest.fixture
+def tree(tiny_imagefolder):  # conftest.py: made once per session
+    return tiny_imagefolder
 
 
 def test_the_tiny_tree_is_an_imagefolder_of_ten_classes(tree):
