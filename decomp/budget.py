@@ -14,8 +14,9 @@ data when given, read off the spectra without fitting any factor). Starting from
 original model, the step with the least error added per unit of cost saved is taken, over
 each layer's lower convex hull, until the target is met: marginal analysis, which is optimal
 for the Lagrangian of "minimise the sum of squared relative errors under the cost". For
-``Latency``, the chosen architecture (random weights) is then timed against the original,
-interleaved, and the target re-aimed (a proportional step, then secant steps in log-log
+``Latency``, the chosen architecture (random weights) is then timed against the original in
+paired rounds (:func:`decomp.measure.paired_speedups`: the median of per-round ratios), and
+the target re-aimed (a proportional step, then secant steps in log-log
 space; at most eight timings) until the measured speed-up is 2-8% past the target (a margin for re-timing), as
 per-layer latencies do not add up exactly to the model's. The slowest timed allocation that
 reached the target is kept (the fastest, if none did).
@@ -37,6 +38,8 @@ __all__ = ["MACs", "Latency", "Budget", "parse_budget", "randomised", "model_sec
            "clear_latency_cache", "RANK_GRID"]
 
 # Fractions of a mode's channels tried by the search (rounded up, then to rank_multiple).
+# Paired rounds per whole-model timing: per-round ratios, their median (see model_speedup).
+SPEEDUP_ROUNDS = 12
 RANK_GRID = (1 / 32, 1 / 16, 3 / 32, 1 / 8, 5 / 32, 3 / 16, 1 / 4, 5 / 16, 3 / 8, 7 / 16, 1 / 2, 5 / 8, 3 / 4)
 
 
@@ -249,11 +252,23 @@ def model_seconds(model: nn.Module, input_shape: tuple[int, ...], budget: Latenc
 
 
 def model_speedup(original: nn.Module, new: nn.Module, input_shape: tuple[int, ...], budget: Latency,
-                  min_run_time: float | None = None) -> float:
-    """Measured speed-up of ``new`` over ``original`` at ``input_shape`` (interleaved, eval mode)."""
+                  min_run_time: float | None = None, rounds: int = SPEEDUP_ROUNDS) -> float:
+    """Measured speed-up of ``new`` over ``original`` at ``input_shape``: the median over
+    ``rounds`` paired rounds (:func:`decomp.measure.paired_speedups`; eval mode, modes restored),
+    ``min_run_time`` seconds of timing per model in all (default 8x the per-layer time)."""
+    from .measure import paired_speedups
+
     seconds = 8 * budget.min_run_time if min_run_time is None else min_run_time
-    t = _time_models({"original": original, "new": new}, input_shape, budget, seconds)
-    return t["original"] / t["new"]
+    p = next(iter(original.parameters()))
+    x = torch.randn(input_shape, device=p.device, dtype=p.dtype)
+    modes = {m: m.training for net in (original, new) for m in net.modules()}
+    try:
+        t = paired_speedups({"original": original.eval(), "new": new.eval()}, x, "original", rounds=rounds,
+                            block_s=seconds / rounds, min_runs=1, **budget.timing_options(p.device))
+    finally:
+        for m, was in modes.items():
+            m.training = was
+    return t["new"].median
 
 
 def _aim(allocate_at, total_cost, factor, measure, tries_max: int = 8, tolerance: float = 0.06,

@@ -554,10 +554,14 @@ def tucker2_from_fits(layer: nn.Conv2d, stage: nn.Sequential, fit: OutputFit, r_
     return new
 
 
-def model_moments(model: nn.Module, layers: Mapping[str, str], calibration: Calibration) -> dict[str, dict]:
+def model_moments(model: nn.Module, layers: Mapping[str, str], calibration: Calibration,
+                  scales: Mapping[str, torch.Tensor | None] | None = None) -> dict[str, dict]:
     """One pass over ``calibration`` through ``model``: each named layer's output moments
     ``E[y y^T]`` and ``E||y||^2``, and for ``"tucker2"`` layers also the input-channel
-    covariance ``E[x x^T]``. The spectra the global rank search reads its errors from."""
+    covariance ``E[x x^T]``. The spectra the global rank search reads its errors from.
+    ``scales``: per layer, the ``|a|`` of the batch norm that reads it (:class:`Following`):
+    its output channels are weighted as the fit weights them (:func:`layer_moments`)."""
+    scales = scales or {}
     acc: dict[str, dict] = {name: {} for name in layers}
     counts = {name: 0 for name in layers}
     handles = []
@@ -565,6 +569,8 @@ def model_moments(model: nn.Module, layers: Mapping[str, str], calibration: Cali
     def hook(name, method):
         def record(module, args, output):
             y = _rows(output, _channel_dim(module))
+            if scales.get(name) is not None:
+                y = y * scales[name].to(y)
             a = acc[name]
             a["S"] = a.get("S", 0) + y.T @ y
             a["yy"] = a.get("yy", 0) + (y * y).sum()

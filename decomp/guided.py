@@ -64,7 +64,7 @@ def decompose_guided(model, table, default_policy, overrides, input_shape, metho
         searchable = {n: s[0] for n, s in selected.items()
                       if not isinstance(s, LayerReport) and _match_override(n, overrides) is None}
         searched, budget_info = _search(model, new_model, candidates, searchable, shapes, input_shape, budget,
-                                        cal, rank_multiple, started, method_options)
+                                        cal, rank_multiple, started, method_options, follows)
 
     rows: dict[str, LayerReport] = {}
     replacements = {}
@@ -216,8 +216,9 @@ def _candidate_ranks(method, weight, rank_multiple) -> list:
     return out
 
 
-def _spectra(model, layer, name, method, moments) -> tuple:
-    """Spectra the candidates' errors are read from: data-aware when ``moments`` has the layer."""
+def _spectra(model, layer, name, method, moments, scale=None) -> tuple:
+    """Spectra the candidates' errors are read from: data-aware when ``moments`` has the layer,
+    with its output channels weighted by ``scale`` (the batch norm after it) as the fit weighs them."""
     w = layer.weight.detach()
     if moments is not None:
         m = moments[name]
@@ -225,6 +226,8 @@ def _spectra(model, layer, name, method, moments) -> tuple:
         if method == "svd":
             return (out,)
         half, _ = C._psd_sqrt_pair(m["C"])
+        if scale is not None:
+            w = w.double() * scale[:, None, None, None]
         return (torch.linalg.svdvals(C.whitened_in_unfolding(w, half)), out)
     if method == "svd":
         return (singular_values(w.flatten(1)),)
@@ -243,13 +246,15 @@ def _candidate_error(spectra, ranks) -> float:
 
 
 def _search(model, new_model, candidates, searchable, shapes, input_shape, budget, cal, rank_multiple, started,
-            method_options=None):
-    moments = C.model_moments(model, searchable, cal) if cal is not None and searchable else None
+            method_options=None, follows=None):
+    # the errors are those the fit minimises: outputs weighted by the batch norm that reads them
+    scales = {n: f.scale for n, f in (follows or {}).items()}
+    moments = C.model_moments(model, searchable, cal, scales) if cal is not None and searchable else None
     latency = isinstance(budget, Latency)
     options, planned_of = [], {}
     for name, method in searchable.items():
         layer, in_shape = candidates[name], shapes[name]
-        spectra = _spectra(model, layer, name, method, moments)
+        spectra = _spectra(model, layer, name, method, moments, scales.get(name))
         params0 = count_params(layer)
         macs0 = count_macs(layer, in_shape)
         planned = {}
@@ -276,7 +281,8 @@ def _search(model, new_model, candidates, searchable, shapes, input_shape, budge
         total, measure = float(count_macs(model, input_shape)), None
     result = search(options, total, budget, measure, started)
     result.info["layers_searched"] = len(options)
-    result.info["errors_from"] = "calibration data (output spectra)" if moments is not None else "weights (spectra)"
+    result.info["errors_from"] = ("calibration data (output spectra, weighted by the batch norms that read them)"
+                                  if moments is not None else "weights (spectra)")
     return result.ranks, result.info
 
 

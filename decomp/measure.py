@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_params", "count_macs", "count_macs_thop", "Timing", "time_forward",
-           "time_interleaved"]
+           "time_interleaved", "Speedup", "paired_speedups"]
 
 
 def count_params(module: nn.Module) -> int:
@@ -258,3 +258,72 @@ def time_interleaved(
                              min_runs=-(-min_runs // rounds), clock=clock)
             result[name] = result[name].merge(t) if name in result else t
     return result
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """A speed-up over a reference from paired rounds: per round, the reference's median time
+    over this module's, both timed back to back; the median and quartiles over the rounds."""
+
+    median: float
+    q1: float
+    q3: float
+    rounds: int
+    seconds: float            # this module's median time over the rounds (s per forward)
+    reference_seconds: float  # the reference's
+    ratios: tuple[float, ...] = field(repr=False, default=())
+
+    @property
+    def rel_iqr(self) -> float:
+        return (self.q3 - self.q1) / self.median if self.median > 0 else float("nan")
+
+    def as_dict(self) -> dict:
+        return {"speedup": self.median, "q1": self.q1, "q3": self.q3, "rounds": self.rounds, "rel_iqr": self.rel_iqr,
+                "seconds": self.seconds, "reference_seconds": self.reference_seconds}
+
+
+def paired_speedups(
+    modules: Mapping[str, nn.Module],
+    input: torch.Tensor,
+    reference: str,
+    *,
+    rounds: int = 16,
+    block_s: float = 0.1,
+    threads: int | None = None,
+    clock: str = "wall",
+    warmup: int = 2,
+    min_runs: int = 3,
+) -> dict[str, Speedup]:
+    """Speed-up of every module over ``modules[reference]``, from ``rounds`` short rounds.
+
+    Pooling all replicates of interleaved rounds (:func:`time_interleaved`) and dividing the
+    medians lets a load change of a few seconds on a shared machine move one model's median and
+    not the other's: the same CIFAR VGG16 pair timed x2.5 and x3.5 a minute apart that way.
+    Here each round times every module for ``block_s`` seconds back to back, in alternating
+    order (A B C, then C B A: a drift within a round favours none), and yields one ratio per
+    module; the median ratio over the rounds is robust to rounds spoilt by a burst of load.
+    """
+    if reference not in modules:
+        raise ValueError(f"reference must be one of {list(modules)}; got {reference!r}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be an int >= 1; got {rounds!r}")
+    names = list(modules)
+    ratios: dict[str, list[float]] = {n: [] for n in names if n != reference}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        medians = {n: time_forward(modules[n], input, threads=threads, min_run_time=block_s,
+                                   warmup=warmup if r == 0 else 0, min_runs=min_runs, clock=clock).median
+                   for n in order}
+        for n in names:
+            times[n].append(medians[n])
+        for n in ratios:
+            ratios[n].append(medians[reference] / medians[n])
+    quartiles = lambda v: [float(q) for q in torch.quantile(torch.tensor(v, dtype=torch.float64),  # noqa: E731
+                                                            torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))]
+    ref_s = quartiles(times[reference])[1]
+    out = {}
+    for n, values in ratios.items():
+        q1, med, q3 = quartiles(values)
+        out[n] = Speedup(med, q1, q3, rounds, quartiles(times[n])[1], ref_s, tuple(values))
+    return out

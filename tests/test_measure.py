@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from decomp.experiments.catalog import cases, representative_cases
-from decomp.measure import (Timing, count_macs, count_macs_thop, count_params, time_forward,
+from decomp.measure import (Timing, count_macs, count_macs_thop, count_params, paired_speedups, time_forward,
                             time_interleaved)
 
 
@@ -126,3 +126,32 @@ def test_time_interleaved_pools_rounds():
 def test_time_forward_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         time_forward(nn.Linear(2, 2), torch.randn(1, 2), **kwargs)
+
+
+class Spin(nn.Module):
+    """Burns ``seconds`` of the calling thread's CPU time per call: a known, clock-honest cost."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x):
+        end = time.thread_time() + self.seconds
+        while time.thread_time() < end:
+            pass
+        return x
+
+
+def test_paired_speedups_is_the_median_per_round_ratio():
+    x = torch.randn(1, 2)
+    out = paired_speedups({"slow": Spin(0.002), "fast": Spin(0.001), "same": Spin(0.002)}, x, "slow",
+                          rounds=5, block_s=0.01, threads=1, clock="thread_cpu", warmup=0, min_runs=2)
+    assert set(out) == {"fast", "same"}
+    assert 1.6 < out["fast"].median < 2.4 and 0.8 < out["same"].median < 1.25
+    assert out["fast"].rounds == len(out["fast"].ratios) == 5
+    assert out["fast"].q1 <= out["fast"].median <= out["fast"].q3
+    assert out["fast"].reference_seconds > 1.5 * out["fast"].seconds
+    with pytest.raises(ValueError, match="reference"):
+        paired_speedups({"a": Spin(0.001)}, x, "b")
+    with pytest.raises(ValueError, match="rounds"):
+        paired_speedups({"a": Spin(0.001)}, x, "a", rounds=0)

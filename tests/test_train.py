@@ -202,3 +202,18 @@ def test_checkpoint_from_before_the_distill_fields_still_loads(tmp_path):
     with pytest.raises(ValueError, match="distill"):  # but a distilled run is not that checkpoint
         train(_model(), _data(), dataclasses.replace(config, distill=0.5), checkpoint=path,
               teacher=_model(), progress=False)
+
+
+def test_cpu_has_native_bf16_reads_the_cpu_flags(monkeypatch):
+    from pathlib import Path
+
+    from decomp.experiments import train as T
+
+    for flags, native in (("fpu avx2 avx512f", False), ("fpu avx2 avx512f avx512_bf16", True), ("fpu amx_bf16 x", True)):
+        monkeypatch.setattr(Path, "read_text", lambda self, flags=flags: f"flags\t\t: {flags}\n")
+        assert T.cpu_has_native_bf16() is native
+
+    def unreadable(self):
+        raise OSError("no /proc")
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    assert T.cpu_has_native_bf16() is False

@@ -45,18 +45,17 @@ def _cifar_vgg(weights: str | None):
 
 def retime(weights: str | None, folder: str, seconds: float) -> dict:
     """In this (fresh) process: rebuild the saved model and time it against the original."""
-    from decomp.measure import time_interleaved
+    from decomp.measure import paired_speedups
 
     base = _cifar_vgg(weights)
     plan = json.loads((Path(folder) / "plan.json").read_text())
     new = decomp.build_decomposed(base, plan)
     new.load_state_dict(torch.load(Path(folder) / "state_dict.pt", weights_only=True))
     x = torch.randn(1, 3, 32, 32)
-    t = time_interleaved({"original": base, "decomposed": new.eval()}, x, rounds=5, min_run_time=seconds,
-                         threads=1, clock="thread_cpu")
-    return {"original_ms": t["original"].median * 1e3, "decomposed_ms": t["decomposed"].median * 1e3,
-            "speedup": t["original"].median / t["decomposed"].median,
-            "rel_iqr": max(t["original"].rel_iqr, t["decomposed"].rel_iqr)}
+    t = paired_speedups({"original": base, "decomposed": new.eval()}, x, "original", rounds=20,
+                        block_s=seconds / 20, threads=1, clock="thread_cpu")["decomposed"]
+    return {"original_ms": t.reference_seconds * 1e3, "decomposed_ms": t.seconds * 1e3,
+            "speedup": t.median, "rel_iqr": t.rel_iqr, "rounds": t.rounds}
 
 
 def check_macs(factors) -> list[dict]:

@@ -37,7 +37,7 @@ from decomp.experiments.data import load_cifar10
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
 from decomp.experiments.reproduce import finetune_key, joint_cpu_b1, run_variant, subset, variant_table
 from decomp.experiments.runinfo import atomic_torch_save, write_sidecar
-from decomp.experiments.train import TrainConfig, TrainResult, evaluate, train
+from decomp.experiments.train import TrainConfig, TrainResult, cpu_has_native_bf16, evaluate, train
 from decomp.experiments.zoo import ModelConfig
 from decomp.measure import count_macs, count_params
 
@@ -235,6 +235,10 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
     stage_s: dict = {}
     log = (lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")) if main_rank else (  # noqa: E731
         lambda msg: None)
+    if prof.amp_cpu and torch.device(prof.device).type == "cpu" and not cpu_has_native_bf16():
+        # emulated bf16 crawls: train in float32 (another fine-tuning setting, cached apart)
+        prof = replace(prof, amp_cpu=False)
+        log("bf16 autocast off: this CPU has no native bf16 (avx512_bf16 / amx_bf16); training in float32")
     if distributed.active():
         log(f"torchrun: {distributed.world_size()} processes ({torch.distributed.get_backend()}), "
             f"global batch = the profile's batch size")

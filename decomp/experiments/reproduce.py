@@ -37,7 +37,7 @@ from decomp import calibration
 from decomp.budget import parse_budget
 from decomp.experiments import distributed
 from decomp.experiments.data import Loader, Split
-from decomp.measure import count_macs, count_params, time_interleaved
+from decomp.measure import count_macs, count_params, paired_speedups, time_interleaved
 from decomp.model import build_decomposed, decompose
 from decomp.experiments.runinfo import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from decomp.experiments.train import TrainConfig, evaluate, recalibrate_batchnorm, train
@@ -192,10 +192,12 @@ def measure_speedup(
     return out
 
 
-def joint_cpu_b1(base: nn.Module, variants: Mapping[str, nn.Module], *, rounds: int = 8,
+def joint_cpu_b1(base: nn.Module, variants: Mapping[str, nn.Module], *, rounds: int = 20,
                  min_run_time: float = 2.0, input_hw: int = 32) -> dict[str, dict[str, float]]:
-    """Every variant and the baseline timed together at CPU batch 1, interleaved round by round
-    (1 thread, thread CPU clock): ``{name: {"speedup": ..., "rel_iqr": ...}}``.
+    """Every variant and the baseline timed together at CPU batch 1 (1 thread, thread CPU
+    clock), in ``rounds`` paired rounds (:func:`decomp.measure.paired_speedups`: each round
+    times all models back to back and gives one ratio per variant; the median over rounds),
+    ``min_run_time`` seconds per model in all: ``{name: {"speedup": ..., "rel_iqr": ...}}``.
 
     Each variant's own timing (:func:`measure_speedup`) runs minutes apart from the others', and
     on a shared machine the same architecture measured that way came out anywhere between x2.4
@@ -204,9 +206,9 @@ def joint_cpu_b1(base: nn.Module, variants: Mapping[str, nn.Module], *, rounds: 
     """
     models = {"baseline": _cpu_copy(base), **{n: _cpu_copy(m) for n, m in variants.items()}}
     x = torch.randn(1, 3, input_hw, input_hw, generator=torch.Generator().manual_seed(0))
-    t = time_interleaved(models, x, rounds=rounds, min_run_time=min_run_time, threads=1, clock="thread_cpu")
-    return {n: {"speedup": t["baseline"].median / t[n].median, "rel_iqr": max(t["baseline"].rel_iqr, t[n].rel_iqr)}
-            for n in variants}
+    t = paired_speedups(models, x, "baseline", rounds=rounds, block_s=min_run_time / rounds, threads=1,
+                        clock="thread_cpu")
+    return {n: {"speedup": t[n].median, "rel_iqr": t[n].rel_iqr} for n in variants}
 
 
 # ----------------------------------------------------------------------------------------

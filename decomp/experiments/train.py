@@ -44,7 +44,7 @@ from decomp.experiments.data import Loader, Split
 from decomp.experiments.runinfo import atomic_torch_save
 
 __all__ = [
-    "recalibrate_batchnorm",
+    "recalibrate_batchnorm", "cpu_has_native_bf16",
     "TrainConfig", "TrainResult", "DistillLoss", "train", "train_epoch", "evaluate", "make_optimizer",
     "make_scheduler", "lr_factor", "load_checkpoint", "load_trained_model",
 ]
@@ -165,6 +165,17 @@ class DistillLoss(nn.Module):
 
 # ----------------------------------------------------------------------------------------
 # Loops
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16, read from
+    ``/proc/cpuinfo``; False where that cannot be read). Without it, bf16 autocast is emulated:
+    measured ~50x slower training steps of VGG16-BN w0.5 on a 2-core AVX2-only AMD EPYC."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
 def _autocast(device: torch.device, amp: bool, amp_cpu: bool = False):
