@@ -100,3 +100,8 @@ def test_ddp_on_an_imagefolder_tree_trains_one_model_and_counts_every_val_image(
     for key in a["state"]:
         assert torch.equal(a["state"][key], b["state"][key]), key
     assert a["test"] == b["test"] and a["test"]["count"] == 20 and 0 <= a["test"]["accuracy"] <= a["test"]["top5"]
+
+
+def test_sync_batchnorm_is_refused_on_the_cpu_before_any_work():
+    with pytest.raises(ValueError, match="sync_batchnorm=True needs CUDA"):
+        train(W.tiny_model(True), W.tiny_split(16, 1), W.ONE_STEP, device="cpu", sync_batchnorm=True)
