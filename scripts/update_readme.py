@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 START, END = "<!-- results:start (scripts/update_readme.py) -->", "<!-- results:end -->"
+SCALING_START, SCALING_END = "<!-- scaling:start (scripts/update_readme.py) -->", "<!-- scaling:end -->"
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -234,6 +235,31 @@ def render() -> str:
     return "\n".join([START, "", *body, END])
 
 
+def render_scaling() -> str:
+    """The "Scaling out" figures, from results/scaling/scaling.csv (scripts/measure_scaling.py)."""
+    path = ROOT / "results/scaling/scaling.csv"
+    body = []
+    if path.exists():
+        rows = read_csv(path)
+        sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+        first = float(rows[0]["images_per_s"])
+        body = [f"- {r['processes']} process{'es' if r['processes'] != '1' else ''} x {r['threads_per_process']} "
+                f"thread{'s' if r['threads_per_process'] != '1' else ''}: **{float(r['images_per_s']):.0f} images/s** "
+                f"(x{float(r['images_per_s']) / first:.2f} of 1 process x 1 thread)" for r in rows]
+        loads = [run["load_average_1_5_15_before"][0] for run in sidecar.get("runs", [])
+                 if "load_average_1_5_15_before" in run]
+        body += ["", f"Measured on {sidecar.get('cpu', 'the CPU')} ({sidecar.get('cpu_count')} cores)"
+                 + (f", 1-minute load average {min(loads):.1f}-{max(loads):.1f} at the start of the runs" if loads else "")
+                 + ".", ""]
+    return "\n".join([SCALING_START, *body, SCALING_END])
+
+
+def _replace(text: str, start: str, end: str, block: str) -> str:
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return before + block + after
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--check", action="store_true")
@@ -242,9 +268,9 @@ def main(argv=None) -> int:
     if START not in text or END not in text:
         print(f"README.md has no results markers ({START} ... {END})", file=sys.stderr)
         return 2
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    new = before + render() + after
+    new = _replace(text, START, END, render())
+    if SCALING_START in new and SCALING_END in new:
+        new = _replace(new, SCALING_START, SCALING_END, render_scaling())
     if args.check:
         return 0 if new == text else 1
     if new != text:

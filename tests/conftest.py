@@ -25,3 +25,13 @@ def device(request):
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b||."""
     return float((a - b).detach().norm() / b.detach().norm())
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder(tmp_path_factory):
+    """train/<class>/*.JPEG (4 per class) and val/<class>/*.JPEG (2 per class), 32x32, made once per
+    session from the embedded CIFAR-10 subset (decoding it is the slow part)."""
+    from decomp.experiments.imagefolder import make_tiny_imagefolder
+
+    return make_tiny_imagefolder(tmp_path_factory.mktemp("tiny-imagefolder"), train_per_class=4, val_per_class=2,
+                                 size=32, cache_dir=tmp_path_factory.mktemp("cifar10-cache"))

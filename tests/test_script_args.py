@@ -84,3 +84,19 @@ def test_the_compat_table_checks_every_argument_first(capsys, a_file):
     _refused(capsys, parse_args, ["--rank", "2"], "argument --rank: 2.0; allowed: a fraction in (0, 1]")
     _refused(capsys, parse_args, ["--families", "detection"], "argument --families: ['detection']")
     _refused(capsys, parse_args, ["--out", str(a_file)], f"argument --out: {a_file} is a file")
+
+
+def test_make_tiny_imagefolder_checks_size_and_out_first(capsys, a_file, monkeypatch):
+    tiny = _script("make_tiny_imagefolder")
+    monkeypatch.setattr(tiny, "make_tiny_imagefolder", lambda *a, **k: pytest.fail("work started"))
+    _refused(capsys, tiny.main, ["--out", str(a_file.parent / "t"), "--size", "0"], "argument --size: 0; allowed: an int >= 1")
+    _refused(capsys, tiny.main, ["--out", str(a_file)], f"argument --out: {a_file} is a file")
+
+
+def test_measure_scaling_checks_the_batch_and_out_before_any_run(capsys, a_file, monkeypatch):
+    from decomp.experiments import scaling
+
+    monkeypatch.setattr(scaling, "measure", lambda *a, **k: pytest.fail("a run started"))
+    _refused(capsys, scaling.main, ["--batch-size", "3"], "argument --batch-size: 3; allowed: an even number")
+    _refused(capsys, scaling.main, ["--epochs", "0"], "argument --epochs: 0; allowed: an int >= 1")
+    _refused(capsys, scaling.main, ["--out", str(a_file)], f"argument --out: {a_file} is a file")

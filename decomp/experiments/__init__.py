@@ -8,6 +8,10 @@
   :mod:`~decomp.experiments.cifar10_outputs` -- the CIFAR-10 reproduction and its files
 - :mod:`~decomp.experiments.catalog` -- the VGG16 / AlexNet layer catalogue of the benchmarks
 - :mod:`~decomp.experiments.runinfo` -- atomic writes and JSON sidecars (run records)
+- :mod:`~decomp.experiments.distributed` -- torchrun: the process group, rank 0, broadcasts, all-reduces
+- :mod:`~decomp.experiments.imagefolder`, :mod:`~decomp.experiments.finetune_folder` -- ImageFolder
+  (ImageNet layout) data and fine-tuning a torchvision model with the user's weights
+- :mod:`~decomp.experiments.scaling` -- fine-tuning throughput with 1 and 2 processes
 
 The harness imports the library (:mod:`decomp`); the library never imports the harness.
 """

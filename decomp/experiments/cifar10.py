@@ -10,6 +10,11 @@ Stages, each cached under ``--cache`` and skipped on a re-run (files written ato
 decomposition + top-1 before fine-tuning, fine-tuning + top-1 after, CPU (and GPU) timing
 against the baseline interleaved in the same run. Then ``--out`` gets ``summary.{csv,md}``,
 ``layers.{csv,md}``, ``accuracy_vs_speedup.png`` and ``README.md``, each with a JSON sidecar.
+
+Under ``torchrun --nproc_per_node N`` (see the README's "Scaling out") every process runs this
+pipeline in step: training and fine-tuning are data-parallel (:mod:`decomp.experiments.train`),
+while rank 0 alone decomposes, times and writes every file, and broadcasts what the others need
+(the decomposed weights, the rows, its decisions to skip a variant under the time budget).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from decomp.cli._config import ArgumentParser
+from decomp.experiments import distributed
 from decomp.experiments.cifar10_outputs import write_outputs
 from decomp.experiments.data import load_cifar10
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
@@ -74,7 +80,8 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
     p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
     p.add_argument("--data", default=None, help="CIFAR-10 path (default: the shared JPEG archive "
                    "for cpu/gpu, the embedded subset for smoke)")
-    p.add_argument("--out", type=Path, default=None, help="default results/cifar10/<profile>")
+    p.add_argument("--out", type=Path, default=None, help="default results/cifar10/<profile> "
+                   "(results/cifar10/<profile>-ddp<N> under torchrun with N processes)")
     p.add_argument("--cache", type=Path, default=None, help="default .cache/decomp/cifar10/<profile>; runs are kept in a data-<sha> subfolder per data set")
     p.add_argument("--data-cache", type=Path, default=Path(".cache/decomp"),
                    help="decoded CIFAR-10 tensors (shared by profiles)")
@@ -108,7 +115,10 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
                               ("ft_control", a.ft_control), ("models", a.models),
                               ("variants", a.variants)) if v is not None}
     prof = replace(prof, **over)
-    a.out = a.out or Path("results/cifar10") / prof.name
+    # Under torchrun the default output is the profile's plus the process count: a data-parallel
+    # run (batch norms per shard) never overwrites the single-process results.
+    procs = os.environ.get("WORLD_SIZE", "1")
+    a.out = a.out or Path("results/cifar10") / (prof.name if procs in ("", "1") else f"{prof.name}-ddp{procs}")
     a.cache = a.cache or Path(".cache/decomp/cifar10") / prof.name
     return prof, a
 
@@ -142,7 +152,8 @@ def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress
     model = mcfg.build()
     checkpoint = cache / f"{mcfg.name}_w{mcfg.width:g}" / "baseline.pt"
     committed = committed_baseline(prof, mcfg)
-    if prof.commit_baseline and not checkpoint.is_file() and committed.is_file():
+    # rank 0's view of the files decides for every rank (several nodes need not share a disk)
+    if distributed.broadcast_object(prof.commit_baseline and not checkpoint.is_file() and committed.is_file()):
         state = torch.load(committed, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
         model.to(prof.device)
@@ -150,7 +161,7 @@ def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress
         return model.eval(), TrainResult([], test, prof.epochs, prof.epochs, True, True, 0.0, str(committed)), tcfg
     res = train(model, data.train, tcfg, checkpoint=checkpoint, test_data=data.test, device=prof.device,
                 model_config=mcfg, meta={"data": data.description}, progress=progress)
-    if prof.commit_baseline and res.complete and not committed.is_file():
+    if prof.commit_baseline and res.complete and distributed.is_main() and not committed.is_file():
         atomic_torch_save({k: v.to(torch.bfloat16) if v.is_floating_point() else v
                            for k, v in model.state_dict().items()}, committed)
         write_sidecar(committed, extra={"what": "the profile's trained baseline, float32 rounded to bf16",
@@ -199,26 +210,42 @@ def data_key(description: dict) -> str:
 
 
 def main(argv=None, prog: str | None = None) -> None:
-    """Run the reproduction; ``prog`` names the command in sidecars and the run's README."""
+    """Run the reproduction; ``prog`` names the command in sidecars and the run's README.
+
+    Under torchrun it joins the process group that torchrun's environment describes (gloo on
+    the CPU, NCCL on GPUs) and leaves it at the end."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a shared CPU
     prof, args = parse(argv, prog)
-    t0 = time.perf_counter()
-    progress = not args.no_progress
-    stage_s: dict = {}
-    log = lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")  # noqa: E731
-    if prof.amp_cpu and torch.device(prof.device).type == "cpu" and not cpu_has_native_bf16():
-        # emulated bf16 crawls: train in float32 (another fine-tuning setting, cached apart)
-        prof = replace(prof, amp_cpu=False)
-        log("bf16 autocast off: this CPU has no native bf16 (avx512_bf16 / amx_bf16); training in float32")
-
     try:  # a bad --variants or a missing --data fails now, not after training
         grid = select_variants(prof)
         path = data_path(prof, args.data)
     except UsageError as e:
         args.parser.error(str(e))
+    distributed.init_from_env()
+    try:
+        _run(replace(prof, device=str(distributed.device_for(prof.device))), args, grid, path, argv)
+    finally:
+        distributed.cleanup()
+
+
+def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, argv) -> None:
+    t0 = time.perf_counter()
+    main_rank = distributed.is_main()
+    progress = not args.no_progress and main_rank
+    stage_s: dict = {}
+    log = (lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")) if main_rank else (  # noqa: E731
+        lambda msg: None)
+    if prof.amp_cpu and torch.device(prof.device).type == "cpu" and not cpu_has_native_bf16():
+        # emulated bf16 crawls: train in float32 (another fine-tuning setting, cached apart)
+        prof = replace(prof, amp_cpu=False)
+        log("bf16 autocast off: this CPU has no native bf16 (avx512_bf16 / amx_bf16); training in float32")
+    if distributed.active():
+        log(f"torchrun: {distributed.world_size()} processes ({torch.distributed.get_backend()}), "
+            f"global batch = the profile's batch size")
     # (1) data
     start = time.perf_counter()
-    data = load_cifar10(path, cache_dir=args.data_cache)
+    with distributed.main_first():  # rank 0 decodes into the cache, the others read it
+        data = load_cifar10(path, cache_dir=args.data_cache)
     test = subset(data.test, prof.test_images, prof.seed)
     data = type(data)(data.train, test, data.description)
     ft_train = subset(data.train, prof.ft_images, prof.seed)
@@ -226,6 +253,8 @@ def main(argv=None, prog: str | None = None) -> None:
     log(f"data: {data.description['dataset']}, {len(data.train)} train / {len(test)} test")
     # Checkpoints are only valid for the data they were trained on: key the run cache by it.
     args.cache = args.cache / f"data-{data_key(data.description)}"
+    if distributed.world_size() > 1:  # per-shard batch norms give other weights: a cache of their own
+        args.cache = args.cache / f"ddp{distributed.world_size()}"
 
     # (2) baselines, then (3) the variants: the origin's heuristic and VBMF of every model before
     # the aggressive fractions of any, so a time-boxed run with several models drops those first.
@@ -267,7 +296,8 @@ def main(argv=None, prog: str | None = None) -> None:
     for tag, v in tqdm(plan, desc="variants", disable=not progress):
         base, base_info = by_tag[tag]
         done = (args.cache / tag / v.name / "result.json").is_file()
-        if prof.budget_s and time.perf_counter() - t0 > prof.budget_s and not done:
+        # rank 0's clock decides for all: every rank must run the same variants
+        if distributed.broadcast_object(bool(prof.budget_s and time.perf_counter() - t0 > prof.budget_s and not done)):
             skipped.append(f"{tag} {v.name}")
             continue
         row, st = run_variant(base, v, train_data=ft_train, test_data=test,
@@ -289,6 +319,8 @@ def main(argv=None, prog: str | None = None) -> None:
             + (f", GPU b1 x{row['gpu_b1_speedup']:.2f}" if "gpu_b1_speedup" in row else "")
             + (" (cached)" if st["cached"] else ""))
 
+    if not main_rank:  # rank 0 alone times and writes
+        return
     # The reported CPU batch-1 speed-ups: every variant timed side by side with its baseline.
     for tag, variants in done_models.items():
         start = time.perf_counter()

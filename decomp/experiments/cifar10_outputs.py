@@ -5,12 +5,14 @@ Every file is written atomically with a JSON sidecar (:func:`decomp.experiments.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
+from decomp.experiments import distributed
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile
 from decomp.experiments.reproduce import Variant, best_speedups, claims_markdown, plot_accuracy_vs_speedup, plot_layer_speedups
 from decomp.experiments.runinfo import atomic_write_text, write_sidecar
@@ -75,6 +77,9 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s, con
              "data": {k: data_desc.get(k) for k in ("dataset", "source_kind", "path", "sha256",
                                                     "train_count", "test_count")},
              "stage_seconds": stage_s, "skipped_for_budget": skipped}
+    if distributed.active():  # torchrun: fine-tuning was data-parallel over these processes
+        extra["distributed"] = {"processes": distributed.world_size(), "backend": torch.distributed.get_backend(),
+                                "global_batch": "the profile's batch sizes, split evenly over the processes"}
     command = command_line(args.prog, argv)
 
     def save_text(name: str, text: str) -> None:
@@ -165,6 +170,10 @@ def command_line(prog: str | None, argv) -> str | None:
     if prog is None:
         return None
     args = sys.argv[1:] if argv is None else list(argv)
+    if distributed.active() and prog.startswith("python "):  # started by torchrun: say so
+        nodes = os.environ.get("GROUP_WORLD_SIZE", "1")
+        prog = (f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', distributed.world_size())} "
+                + (f"--nnodes {nodes} " if nodes not in ("", "1") else "") + prog.removeprefix("python "))
     return " ".join([prog, *args])
 
 

@@ -477,6 +477,10 @@ def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     return (images.to(dtype) - mean) / std
 
 
+def _shard_slice(n: int, part: int, parts: int) -> tuple[int, int]:
+    return n * part // parts, n * (part + 1) // parts
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
@@ -490,15 +494,27 @@ class Loader:
     order and augmentation from a local generator seeded by ``(seed, e)``, so a resumed run
     sees the same batches as an uninterrupted one. Images stay uint8 on the device (150 MB
     for the full training set); ``channels_last`` returns batches in that memory format.
+
+    ``shard=(part, parts)`` (data-parallel training, one part per rank): every rank draws the
+    same global order and augmentation and keeps its contiguous ``1/parts`` of each batch, so
+    the ranks' shards of step ``i`` together are exactly the single-process batch ``i``
+    (``torch.utils.data.DistributedSampler`` also shares one seeded permutation per epoch, but
+    strides it; slicing each global batch keeps the single-process batches). ``batch_size``
+    stays the global batch and must be a multiple of ``parts``; ``len()`` is the same on every rank.
     """
 
     def __init__(
         self, split: Split, batch_size: int, *, train: bool, device: torch.device | str = "cpu",
         seed: int = 0, augment: bool | None = None, pad: int = 4, pad_mode: str = "reflect",
-        channels_last: bool = False, drop_last: bool | None = None,
+        channels_last: bool = False, drop_last: bool | None = None, shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got batch_size={batch_size}")
+        part, parts = shard
+        if not (parts >= 1 and 0 <= part < parts and batch_size % parts == 0):
+            raise ValueError(f"shard must be (part, parts) with 0 <= part < parts and batch_size ({batch_size}) "
+                             f"a multiple of parts; got shard={shard!r}")
+        self.shard = (part, parts)
         if pad_mode not in ("reflect", "zeros"):
             raise ValueError(f"pad_mode must be 'reflect' or 'zeros'; got pad_mode={pad_mode!r}")
         self.device = torch.device(device)
@@ -528,14 +544,15 @@ class Loader:
                  else torch.arange(n, device=self.device))
         for i in range(len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self._batch(index, generator), self.labels[index]
+            keep = slice(*_shard_slice(len(index), *self.shard))
+            yield self._batch(index, generator, keep), self.labels[index][keep]
 
-    def _batch(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _batch(self, index: torch.Tensor, generator: torch.Generator, keep: slice = slice(None)) -> torch.Tensor:
         images = self.images[index].float()  # (B, 3, 32, 32), 0..255
-        if self.augment:
+        if self.augment:  # drawn for the whole global batch, so every shard gets its share of the same draws
             images = random_crop(images, self.pad, generator=generator, mode=self.pad_mode)
             images = random_flip(images, generator=generator)
-        images = normalize(images)
+        images = normalize(images[keep])  # (B / parts, 3, 32, 32)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images

@@ -35,6 +35,7 @@ from torch import nn
 
 from decomp import calibration
 from decomp.budget import parse_budget
+from decomp.experiments import distributed
 from decomp.experiments.data import Loader, Split
 from decomp.measure import count_macs, count_params, paired_speedups, time_interleaved
 from decomp.model import build_decomposed, decompose
@@ -215,7 +216,8 @@ def joint_cpu_b1(base: nn.Module, variants: Mapping[str, nn.Module], *, rounds: 
 
 
 def _eval_top1(model: nn.Module, data: Split, device) -> float:
-    return evaluate(model, data, device=device)["accuracy"]
+    # called by rank 0 alone (the decomposition stage): not a collective evaluation
+    return evaluate(model, data, device=device, distributed_eval=False)["accuracy"]
 
 
 def _layer_ranks(records: list[dict]) -> str:
@@ -256,6 +258,11 @@ def run_variant(
     this many images of ``train_data`` (a seeded subset, unaugmented) are the calibration data.
     Returns ``(row, stage_info)`` where ``stage_info`` holds the per-stage seconds and whether
     each stage came from the cache.
+
+    Under torchrun every rank calls it: rank 0 alone reads the cache, decomposes, times and
+    writes, and broadcasts the decomposed ``state_dict`` (and the row), so every rank fine-tunes
+    the same model together (:func:`decomp.experiments.train.train`, data-parallel) and returns
+    the same row; on the other ranks ``stage_info["model"]`` is ``None`` for a cached variant.
     """
     cache = Path(cache) / variant.name
     if min_speedup is not None:  # another set of decomposed layers
@@ -267,22 +274,47 @@ def run_variant(
     ft_dir = cache / finetune_key(finetune, len(train_data))  # fine-tuning and results per FT setting
     device = torch.device(device)
     result_file = ft_dir / "result.json"
-    if result_file.is_file():
-        row = json.loads(result_file.read_text())
-        records = json.loads((cache / "decomposed.json").read_text())["records"]
-        model = build_decomposed(base, records)  # the architecture, for the joint timing
-        model.load_state_dict(torch.load(cache / "decomposed.pt", map_location=device, weights_only=True))
+    if distributed.broadcast_object(result_file.is_file()):
+        model = None
+        if distributed.is_main():
+            row = json.loads(result_file.read_text())
+            records = json.loads((cache / "decomposed.json").read_text())["records"]
+            model = build_decomposed(base, records)  # the architecture, for the joint timing
+            model.load_state_dict(torch.load(cache / "decomposed.pt", map_location=device, weights_only=True))
+        row, records = distributed.broadcast_object((row, records) if distributed.is_main() else None)
         return row, {"cached": True, "records": records, "model": model}
     stages: dict[str, Any] = {"cached": False}
 
-    # (1) decomposition (its weights and report), with top-1 before fine-tuning
+    # (1) decomposition (its weights and report), with top-1 before fine-tuning: rank 0 alone
+    start = time.perf_counter()
+    if distributed.is_main():
+        model, dec, stages["decompose_cached"] = _decomposed(
+            base, variant, cache, train_data=train_data, test_data=test_data, device=device, input_hw=input_hw,
+            bn_batches=bn_batches, min_speedup=min_speedup, progress=progress, calibration_images=calibration_images)
+    if distributed.active():
+        shared = distributed.broadcast_object(
+            (dec, {k: v.cpu() for k, v in model.state_dict().items()}, stages["decompose_cached"])
+            if distributed.is_main() else None)
+        if not distributed.is_main():  # the architecture from the records, the weights from rank 0
+            dec, state, stages["decompose_cached"] = shared
+            model = build_decomposed(base, dec["records"]).to(device)
+            model.load_state_dict(state)
+    stages["decompose_s"] = time.perf_counter() - start
+    stages["records"] = dec["records"]
+    return _finetune_and_time(base, model, dec, variant, stages, train_data=train_data, test_data=test_data,
+                              ft_dir=ft_dir, finetune=finetune, device=device, timing=timing, base_info=base_info,
+                              input_hw=input_hw, progress=progress, min_speedup=min_speedup, bn_batches=bn_batches)
+
+
+def _decomposed(base: nn.Module, variant: Variant, cache: Path, *, train_data: Split, test_data: Split, device,
+                input_hw: int, bn_batches: int, min_speedup, progress: bool, calibration_images: int):
+    """Stage (1) of :func:`run_variant`: (decomposed model, its record dict, whether it was cached)."""
     start = time.perf_counter()
     dec_file, dec_pt = cache / "decomposed.json", cache / "decomposed.pt"
     if dec_file.is_file() and dec_pt.is_file():
         dec = json.loads(dec_file.read_text())
         model = build_decomposed(base, dec["records"])
         model.load_state_dict(torch.load(dec_pt, map_location=device, weights_only=True))
-        stages["decompose_cached"] = True
     else:
         guided = {}
         if variant.aware:
@@ -305,10 +337,14 @@ def run_variant(
                "bn_batches": bn_batches, "budget": report.budget, "calibration": report.calibration}
         atomic_torch_save(model.state_dict(), dec_pt)       # weights first, the JSON marks completion
         atomic_write_text(dec_file, json.dumps(dec, indent=1, default=str) + "\n")
-        stages["decompose_cached"] = False
-    stages["decompose_s"] = time.perf_counter() - start
-    stages["records"] = dec["records"]
+        return model, dec, False
+    return model, dec, True
 
+
+def _finetune_and_time(base: nn.Module, model: nn.Module, dec: dict, variant: Variant, stages: dict, *,
+                       train_data: Split, test_data: Split, ft_dir: Path, finetune: TrainConfig, device,
+                       timing, base_info, input_hw: int, progress: bool, min_speedup, bn_batches: int):
+    """Stages (2) and (3) of :func:`run_variant`: fine-tuning on every rank, timing and the row on rank 0."""
     # (2) fine-tuning (decomp.experiments.train: resumable, skipped when complete)
     start = time.perf_counter()
     decomposed_any = any(r.get("skipped") is None for r in dec["records"])
@@ -322,7 +358,11 @@ def run_variant(
         top1_after, stages["finetune_cached"] = dec["top1_before"], False
     stages["finetune_s"] = time.perf_counter() - start
 
-    # (3) timing against the baseline, interleaved in this run
+    # (3) timing against the baseline, interleaved in this run: rank 0 alone (the others wait,
+    # idle, so they do not disturb the timing), which writes the row and hands it to the others
+    stages["model"] = model
+    if not distributed.is_main():
+        return distributed.broadcast_object(None), stages
     start = time.perf_counter()
     speed = measure_speedup(base, model, input_hw=input_hw, **dict(timing or {}))
     stages["timing_s"] = time.perf_counter() - start
@@ -352,9 +392,8 @@ def run_variant(
         "decompose_s": dec["decompose_s"], "finetune_s": stages["finetune_s"],
         "timing_s": stages["timing_s"],
     }
-    atomic_write_text(result_file, json.dumps(row, indent=1, default=str) + "\n")
-    stages["model"] = model
-    return row, stages
+    atomic_write_text(ft_dir / "result.json", json.dumps(row, indent=1, default=str) + "\n")
+    return distributed.broadcast_object(row), stages
 
 
 # ----------------------------------------------------------------------------------------

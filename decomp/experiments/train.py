@@ -9,6 +9,18 @@ and returns at once. Data order and augmentation come from :class:`decomp.experi
 seeded by ``(config.seed, epoch)``, and dropout from the global RNG saved in the checkpoint,
 so an interrupted and resumed run ends with the same weights as an uninterrupted one.
 
+Under ``torchrun`` (a process group from :func:`decomp.experiments.distributed.init_from_env`)
+the same call trains data-parallel: the model is wrapped in ``DistributedDataParallel``
+(gradients all-reduced; its constructor broadcasts rank 0's weights and buffers, so every rank
+starts from the same model), each rank takes its shard of every global batch
+(``Loader(shard=...)``, or a ``DistributedSampler`` for a ``Dataset``), batch-norm running
+statistics are averaged over the ranks after every epoch (or the batch statistics synchronised
+on GPUs with ``sync_batchnorm``), training metrics and :func:`evaluate` are summed over all
+ranks, and only rank 0 writes the checkpoint and shows progress; a restarted ``torchrun``
+resumes from it (rank 0 reads it and broadcasts it). ``TrainConfig.batch_size`` stays the
+*global* batch (``batch_size / world_size`` images per rank per step), so the learning-rate
+rule ``lr * batch_size / 512`` is unchanged: the lr follows the global batch.
+
 The library prints nothing: metrics are returned, progress goes through tqdm to stderr.
 """
 
@@ -22,10 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from decomp.experiments import distributed
 from decomp.experiments.data import Loader, Split
 from decomp.experiments.runinfo import atomic_torch_save
 
@@ -44,7 +58,7 @@ class TrainConfig:
     """Every setting that changes the trained weights (the checkpoint is valid for exactly these)."""
 
     epochs: int = 30  # passes over the training set
-    batch_size: int = 512  # images per optimizer step
+    batch_size: int = 512  # images per optimizer step (the global batch, over all ranks under torchrun)
     lr: float = 0.4  # peak learning rate per batch of 512 images; used: lr * batch_size / 512
     momentum: float = 0.9  # SGD momentum
     nesterov: bool = True  # Nesterov momentum
@@ -218,36 +232,70 @@ def train_epoch(
                 break
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    if distributed.active():  # the global batch's metrics: sums over every rank's shard
+        totals = distributed.all_reduce_sum(torch.stack([loss_sum.double(), correct.double(),
+                                                         torch.tensor(float(seen), device=device).double()]))
+        loss_sum, correct, seen = totals[0], totals[1], int(totals[2].item())
     return {"loss": loss_sum.item() / max(seen, 1), "accuracy": correct.item() / max(seen, 1),
-            "steps": steps, "seconds": time.perf_counter() - start}
+            "steps": steps, "seconds": seconds}
 
 
 def evaluate(
-    model: nn.Module, data: Split, *, batch_size: int = 1000, device: torch.device | str | None = None,
+    model: nn.Module, data, *, batch_size: int = 1000, device: torch.device | str | None = None,
     channels_last: bool = False, amp: bool = True, progress: bool = False,
+    topk: tuple[int, ...] = (1,), distributed_eval: bool | None = None, workers: int = 0,
 ) -> dict[str, float]:
     """Top-1 ``accuracy`` (fraction), mean cross-entropy ``loss`` (no smoothing) and ``count`` on ``data``.
 
-    Runs in eval mode under ``torch.inference_mode`` on ``device`` (default: the model's) and
-    puts the model back in the mode it was in.
+    ``data``: a :class:`Split`, or a map-style ``Dataset`` of (normalised image, label), e.g.
+    ``torchvision.datasets.ImageFolder`` (read by :class:`decomp.experiments.imagefolder.DatasetLoader`
+    with ``workers`` processes). ``topk``: also ``top5`` etc. for every ``k > 1`` given (a
+    fraction; ``k`` is capped at the number of classes). Runs in eval mode under
+    ``torch.inference_mode`` on ``device`` (default: the model's) and puts the model back in
+    the mode it was in. ``distributed_eval`` (default: whether a process group is active): each
+    rank evaluates its contiguous shard and the sums are all-reduced, so every rank gets the
+    figures of the whole of ``data``; then every rank must call it.
     """
     device = torch.device(device) if device is not None else _model_device(model)
-    loader = Loader(data, batch_size, train=False, device=device, channels_last=channels_last)
+    shard = (distributed.rank(), distributed.world_size()) if (
+        distributed.active() if distributed_eval is None else distributed_eval) else (0, 1)
+    loader = _eval_loader(data, batch_size, device, channels_last, shard, workers)
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
+    ks = sorted({k for k in topk if k > 1})
+    loss_sum = torch.zeros((), device=device)  # float32 as it always was: single-process figures unchanged
+    hits = torch.zeros(1 + len(ks), device=device, dtype=torch.int64)  # top-1, top-k...
     try:
         with torch.inference_mode():
             for images, labels in tqdm(loader, desc="eval", disable=not progress, leave=False):
                 with _autocast(device, amp):
                     logits = model(images).float()
                 loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
-                correct += (logits.argmax(1) == labels).sum()
+                hits[0] += (logits.argmax(1) == labels).sum()
+                for i, k in enumerate(ks, 1):
+                    top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (B, k)
+                    hits[i] += (top == labels[:, None]).any(1).sum()
     finally:
         model.train(was_training)
+    if shard[1] > 1:
+        loss_sum, hits = distributed.all_reduce_sum(loss_sum), distributed.all_reduce_sum(hits)
     n = len(data)
-    return {"accuracy": correct.item() / n, "loss": loss_sum.item() / n, "count": n}
+    out = {"accuracy": hits[0].item() / n, "loss": loss_sum.item() / n, "count": n}
+    return {**out, **{f"top{k}": hits[i].item() / n for i, k in enumerate(ks, 1)}}
+
+
+def _eval_loader(data, batch_size: int, device: torch.device, channels_last: bool, shard: tuple[int, int],
+                 workers: int):
+    """Unshuffled batches of this rank's contiguous shard of ``data`` (all of it for ``shard=(0, 1)``)."""
+    if isinstance(data, Split):
+        lo, hi = distributed.shard_bounds(len(data), *shard)
+        part = data if shard[1] == 1 else Split(data.images[lo:hi], data.labels[lo:hi])
+        return Loader(part, batch_size, train=False, device=device, channels_last=channels_last)
+    from decomp.experiments.imagefolder import DatasetLoader  # torchvision data only when it is used
+
+    return DatasetLoader(data, batch_size, train=False, device=device, shard=shard, workers=workers,
+                         channels_last=channels_last)
 
 
 @torch.no_grad()
@@ -368,33 +416,43 @@ def _placed(model: nn.Module, teacher: nn.Module | None, device: torch.device, c
 
 def train(
     model: nn.Module,
-    train_data: Split,
+    train_data,
     config: TrainConfig,
     *,
     checkpoint: str | os.PathLike | None = None,
-    test_data: Split | None = None,
+    test_data=None,
     device: torch.device | str | None = None,
     model_config: Mapping[str, Any] | Any | None = None,
     meta: Mapping[str, Any] | None = None,
     progress: bool = True,
     stop_after_epoch: int | None = None,
     teacher: nn.Module | None = None,
+    sync_batchnorm: bool = False,
+    workers: int = 0,
+    topk: tuple[int, ...] = (1,),
 ) -> TrainResult:
     """Train ``model`` in place on ``train_data`` with ``config``; resumable through ``checkpoint``.
 
     (Named ``train`` rather than ``train_`` because training is the point of the call; it
     moves ``model`` to ``device`` -- default: where it is -- and leaves it in its prior mode.)
 
+    ``train_data``, ``test_data``: :class:`Split` s (batched by :class:`Loader`) or map-style
+    ``Dataset`` s of (normalised image, label) such as ``torchvision.datasets.ImageFolder``
+    (batched by :class:`decomp.experiments.imagefolder.DatasetLoader`, ``workers`` loader
+    processes, augmentation by the dataset's transforms).
     ``checkpoint``: file written atomically after every epoch. If it exists, its ``config``
     and ``model_config`` must equal the requested ones (else ``ValueError`` listing the
     differences); a complete one is loaded and returned with ``skipped=True``, an incomplete
     one is resumed. ``model_config`` (a :class:`decomp.experiments.zoo.ModelConfig` or dict) and ``meta``
     (e.g. the data description) are stored in it; ``meta`` is not compared.
-    ``test_data``: evaluated after the last epoch (``result.test``).
+    ``test_data``: evaluated after the last epoch (``result.test``; ``topk`` as :func:`evaluate`).
     ``stop_after_epoch``: return once this many epochs are done (for time-boxed runs).
     ``teacher``: the model to distil from, required when ``config.distill > 0`` and refused
     otherwise (:class:`DistillLoss`); it is moved to ``device``, run in eval mode and not
     trained, and handed back in its prior mode.
+    ``sync_batchnorm``: under torchrun on GPUs, normalise with the batch statistics of the whole
+    global batch (``nn.SyncBatchNorm``, converted back on return); refused on the CPU, where
+    PyTorch's SyncBatchNorm does not run. Data-parallel training: see the module docstring.
     """
     if (config.distill > 0) != (teacher is not None):
         raise ValueError(
@@ -402,21 +460,28 @@ def train(
             f"teacher={'None' if teacher is None else type(teacher).__name__}: pass both or neither")
     start_time = time.perf_counter()
     device = torch.device(device) if device is not None else _model_device(model)
+    shard = (distributed.rank(), distributed.world_size())
+    if config.batch_size % shard[1]:
+        raise ValueError(f"TrainConfig.batch_size is the global batch and must be a multiple of the "
+                         f"{shard[1]} processes; got batch_size={config.batch_size}")
+    if sync_batchnorm and device.type != "cuda":
+        raise ValueError(f"sync_batchnorm=True needs CUDA (nn.SyncBatchNorm runs on GPUs only); got device={str(device)!r}")
+    progress = progress and distributed.is_main()
     with _placed(model, teacher, device, config.channels_last):
         model_cfg = model_config.to_dict() if hasattr(model_config, "to_dict") else (
             dict(model_config) if model_config is not None else None)
         path = Path(checkpoint) if checkpoint is not None else None
-        ckpt = _load_matching(path, config, model_cfg)
+        ckpt = _load_matching_on_main(path, config, model_cfg)
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
             if ckpt["complete"]:
-                test = ckpt.get("test") or (evaluate(model, test_data, device=device, amp=config.amp)
+                test = ckpt.get("test") or (evaluate(model, test_data, device=device, amp=config.amp,
+                                                     topk=topk, workers=workers)
                                             if test_data is not None else None)
                 return TrainResult(ckpt["history"], test, ckpt["epoch"], ckpt["epoch"], True, True,
                                    time.perf_counter() - start_time, str(path))
 
-        loader = Loader(train_data, config.batch_size, train=True, device=device, seed=config.seed,
-                        augment=config.augment, pad_mode=config.pad_mode, channels_last=config.channels_last)
+        loader = _train_loader(train_data, config, device, shard, workers)
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(loader))
         criterion = (DistillLoss(config.distill, config.distill_temperature, config.label_smoothing)
@@ -429,33 +494,134 @@ def train(
         last = config.epochs if stop_after_epoch is None else min(config.epochs, stop_after_epoch)
         was_training, test = model.training, None
         fork_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):  # dropout's RNG, restored for the caller after
-            if ckpt:
-                _set_rng_state(ckpt["rng"], device)
-            else:
-                torch.manual_seed(config.seed)
+        with torch.random.fork_rng(devices=fork_devices), _data_parallel(model, device, sync_batchnorm) as net:
+            _seed_rng(ckpt, config, device, start_epoch)  # dropout's RNG, restored for the caller after
             for epoch in range(start_epoch, last):
                 loader.set_epoch(epoch)
-                stats = train_epoch(model, loader, optimizer, scheduler, criterion, amp=config.amp,
+                stats = train_epoch(net, loader, optimizer, scheduler, criterion, amp=config.amp,
                                     amp_cpu=config.amp_cpu, progress=progress, desc=f"epoch {epoch + 1}/{config.epochs}",
                                     teacher=teacher)
+                distributed.average_buffers_(model)  # every rank the same model (no-op in one process)
+                if shard[1] > 1:
+                    stats["world_size"] = shard[1]
                 history.append({"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **stats})
                 complete = epoch + 1 == config.epochs
                 if complete and test_data is not None:
                     test = evaluate(model, test_data, device=device, channels_last=config.channels_last,
-                                    amp=config.amp, progress=progress)
+                                    amp=config.amp, progress=progress, topk=topk, workers=workers)
                 if path is not None:
-                    atomic_torch_save({
+                    _save_checkpoint(path, {
                         "format": _CHECKPOINT_FORMAT, "complete": complete, "epoch": epoch + 1,
                         "config": asdict(config), "model_config": model_cfg, "meta": dict(meta or {}),
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "rng": _rng_state(device),
                         "history": history, "test": test,
-                    }, path)
+                    }, device)
         model.train(was_training)
         done = history[-1]["epoch"] if history else 0
         return TrainResult(history, test, start_epoch, done, done == config.epochs, False,
                            time.perf_counter() - start_time, str(path) if path else None)
+
+
+def _train_loader(train_data, config: TrainConfig, device: torch.device, shard: tuple[int, int], workers: int):
+    if isinstance(train_data, Split):
+        return Loader(train_data, config.batch_size, train=True, device=device, seed=config.seed,
+                      augment=config.augment, pad_mode=config.pad_mode, channels_last=config.channels_last,
+                      shard=shard)
+    from decomp.experiments.imagefolder import DatasetLoader  # torchvision data only when it is used
+
+    loader = DatasetLoader(train_data, config.batch_size, train=True, device=device, seed=config.seed,
+                           shard=shard, workers=workers, channels_last=config.channels_last)
+    if len(loader) == 0:
+        raise ValueError(f"train_data has {len(train_data)} images, fewer than one batch of "
+                         f"TrainConfig.batch_size={config.batch_size}; use a smaller batch_size")
+    return loader
+
+
+@contextlib.contextmanager
+def _data_parallel(model: nn.Module, device: torch.device, sync_batchnorm: bool):
+    """``model`` itself in one process; under torchrun ``DistributedDataParallel(model)``, whose
+    constructor broadcasts rank 0's parameters and buffers (every rank starts from one model)
+    and whose backward all-reduces (averages) the gradients. With ``sync_batchnorm`` the batch
+    norms become ``nn.SyncBatchNorm`` for the block and plain ones again after it."""
+    if not distributed.active():
+        yield model
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    converted = _to_sync_batchnorm_(model) if sync_batchnorm else []
+    try:
+        yield DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    finally:
+        for parent, name, bn in converted:
+            bn.load_state_dict(getattr(parent, name).state_dict())
+            setattr(parent, name, bn)
+
+
+def _to_sync_batchnorm_(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Replace each batch norm child of ``model`` by an ``nn.SyncBatchNorm`` sharing its
+    parameters; returns (parent, name, original) to put the originals back."""
+    swapped = []
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+                sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                        child.track_running_stats).to(device=next(child.buffers()).device)
+                if child.affine:  # the same Parameter objects: the optimizer keeps training them
+                    sync.weight, sync.bias = child.weight, child.bias
+                if child.track_running_stats:
+                    sync.running_mean, sync.running_var = child.running_mean, child.running_var
+                    sync.num_batches_tracked = child.num_batches_tracked
+                sync.train(child.training)
+                setattr(parent, name, sync)
+                swapped.append((parent, name, child))
+    return swapped
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """Rank 0 (and a single process) keeps ``seed``; the others draw their own dropout masks."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _seed_rng(ckpt: dict | None, config: TrainConfig, device: torch.device, epoch: int) -> None:
+    r, size = distributed.rank(), distributed.world_size()
+    ranks = (ckpt or {}).get("rng_ranks")
+    if ckpt and size > 1 and ranks and len(ranks) == size:
+        _set_rng_state(ranks[r], device)
+    elif ckpt and r == 0:
+        _set_rng_state(ckpt["rng"], device)
+    elif ckpt:  # resumed with more processes than the checkpoint had: fresh, reproducible streams
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, r, epoch]).generate_state(1)[0]))
+    else:
+        torch.manual_seed(_rank_seed(config.seed, r))
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any], device: torch.device) -> None:
+    """Rank 0 writes ``state`` (with every rank's RNG state under torchrun); the others wait for it."""
+    if distributed.active():
+        ranks = distributed.gather_object(_rng_state(device))
+        if distributed.is_main():
+            state = {**state, "rng_ranks": ranks, "world_size": distributed.world_size()}
+    if distributed.is_main():
+        atomic_torch_save(state, path)
+    distributed.barrier()
+
+
+def _load_matching_on_main(path: Path | None, config: TrainConfig, model_cfg: dict | None) -> dict | None:
+    """:func:`_load_matching` on rank 0, its result (or its error) broadcast to every rank: the
+    other ranks need no copy of the file (several nodes need no shared disk)."""
+    if not distributed.active():
+        return _load_matching(path, config, model_cfg)
+    found = error = None
+    if distributed.is_main():
+        try:
+            found = _load_matching(path, config, model_cfg)
+        except (ValueError, OSError) as e:
+            error = e
+    found, error = distributed.broadcast_object((found, error))
+    if error is not None:
+        raise error
+    return found
 
 
 def _load_matching(path: Path | None, config: TrainConfig, model_cfg: dict | None) -> dict | None:
