@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 START, END = "<!-- results:start (scripts/update_readme.py) -->", "<!-- results:end -->"
 SCALING_START, SCALING_END = "<!-- scaling:start (scripts/update_readme.py) -->", "<!-- scaling:end -->"
+COMPAT_START, COMPAT_END = "<!-- compat:start (scripts/update_readme.py) -->", "<!-- compat:end -->"
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -254,6 +255,33 @@ def render_scaling() -> str:
     return "\n".join([SCALING_START, *body, SCALING_END])
 
 
+def render_compat() -> str:
+    """The compatibility table's summary, from results/compat/compat.csv (scripts/compat_table.py)."""
+    path = ROOT / "results/compat/compat.csv"
+    body = []
+    if path.exists():
+        import torchvision
+
+        rows = read_csv(path)
+        listed = {"classification": set(torchvision.models.list_models(module=torchvision.models)),
+                  "segmentation": set(torchvision.models.list_models(module=torchvision.models.segmentation))}
+        for family, names in listed.items():
+            mine = [r for r in rows if r["family"] == family]
+            checked = {r["model"] for r in mine}
+            body.append(f"- {family}: {len(checked & names)} of {len(names)} torchvision models checked")
+            for method in dict.fromkeys(r["method"] for r in mine):
+                ms = [r for r in mine if r["method"] == method]
+                count = lambda status: sum(r["status"] == status for r in ms)  # noqa: E731
+                body.append(f"  - `{method}`: {count('ok')} run after decomposition, {count('broken')} broken, "
+                            f"{count('error')} refused or failed")
+            missing = sorted(names - checked)
+            if missing:
+                body.append(f"  - not yet in the table: {', '.join(f'`{m}`' for m in missing)}")
+        broken = sorted({r["model"] for r in rows if r["status"] == "broken"})
+        body += ["", "Broken after decomposition: " + (", ".join(f"`{m}`" for m in broken) if broken else "none") + "."]
+    return "\n".join([COMPAT_START, *body, COMPAT_END])
+
+
 def _replace(text: str, start: str, end: str, block: str) -> str:
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
@@ -271,6 +299,8 @@ def main(argv=None) -> int:
     new = _replace(text, START, END, render())
     if SCALING_START in new and SCALING_END in new:
         new = _replace(new, SCALING_START, SCALING_END, render_scaling())
+    if COMPAT_START in new and COMPAT_END in new:
+        new = _replace(new, COMPAT_START, COMPAT_END, render_compat())
     if args.check:
         return 0 if new == text else 1
     if new != text:
