@@ -77,7 +77,8 @@ def layer_lines() -> list[str]:
 def _timed_on(sidecar: dict) -> str:
     """The machine a run's speedups were timed on, from its sidecar."""
     gpu = f" and {sidecar['gpu']['name']}" if sidecar.get("gpu") else ""
-    return f"{sidecar['cpu']} ({sidecar['cpu_count']} cores, timed at 1 thread){gpu}"
+    isa = f", {sidecar['cpu_capability']}" if sidecar.get("cpu_capability") else ""
+    return f"{sidecar['cpu']} ({sidecar['cpu_count']} cores{isa}, timed at 1 thread){gpu}"
 
 
 def _speed_columns(rows) -> list[str]:
