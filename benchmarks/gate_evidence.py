@@ -139,6 +139,8 @@ def summarise(runs, shares) -> dict:
         row = {"label": ev["label"], "slowdown": f, "exit_code": ev["exit_code"],
                "rounds": r["settings"]["rounds"], "block_time_s": r["settings"]["block_time_s"],
                "load_avg_1min": r["load_avg"]["start"][0], "wall_s": r["wall_s"],
+               # the whole command, start-up (torch import, catalogue capture) included
+               "process_wall_s": ev["process_wall_s"],
                "cases": len(verdicts),
                "flagged_first": sum(v["flagged_first"] for v in verdicts.values()),
                "regressed": sorted(c for c, v in verdicts.items() if v["regressed"]),
@@ -172,7 +174,7 @@ def _pct(a, b):
 
 
 def markdown(summary, shares, runs) -> str:
-    lines = ["| run | slowdown | rounds x block s | load avg (1 min) | wall s | exit | flagged before re-measure | regressed | "
+    lines = ["| run | slowdown | rounds x block s | load avg (1 min) | wall s (timing / whole command) | exit | flagged before re-measure | regressed | "
              "affected caught | touched, below min effect: flagged | originals flagged | largest effect, untouched cases | "
              "slower against some yardsticks, not all |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -181,7 +183,7 @@ def markdown(summary, shares, runs) -> str:
         below = f"{len(r['below_flagged'])}/{len(r['below_min_effect'])}" if r["slowdown"] else "-"
         mx = "-" if r["max_effect_unaffected"] is None else f"x{r['max_effect_unaffected']:.3f}"
         lines.append(f"| {r['label']} | {r['slowdown'] or 'none'} | {r['rounds']} x {r['block_time_s']} | "
-                     f"{r['load_avg_1min']:.2f} | {r['wall_s']:.0f} | "
+                     f"{r['load_avg_1min']:.2f} | {r['wall_s']:.0f} / {r['process_wall_s']:.0f} | "
                      f"{r['exit_code']} | {r['flagged_first']}/{r['cases']} | {len(r['regressed'])} | {caught} | "
                      f"{below} | {len(r['originals_flagged'])} | {mx} | {len(r['some_not_all'])} |")
     lines += ["", "Measured whole-case effect per case and run: median ratio new / old against the "

@@ -40,6 +40,9 @@ filter=(
     -b "Decompose\.time_decompose\('[^']*:1/4'\)"
     -b "CPALS\.time_cp\((64|128|256), "
 )
+start=$SECONDS
 OMP_NUM_THREADS=1 asv run "HASHFILE:$here/commits.txt" --machine "$machine" "${filter[@]}" \
     -a processes=1 --skip-existing-successful --show-stderr "$@"
 asv publish
+# results/asv/results.json: command, git sha, versions, hardware, the commits, this run's wall time
+python "$here/sidecar.py" --wall-s $((SECONDS - start)) -- "$@"

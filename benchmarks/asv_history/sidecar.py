@@ -19,6 +19,7 @@ def main(argv=None) -> int:
     p.add_argument("--wall-s", type=float, required=True)
     p.add_argument("asv_args", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
+    extra_args = args.asv_args[1:] if args.asv_args[:1] == ["--"] else args.asv_args
     here = ROOT / "benchmarks" / "asv_history"
     machine = json.loads((here / "machine.json").read_text())
     commits = (here / "commits.txt").read_text().split()
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     asv_version = subprocess.run(["asv", "--version"], capture_output=True, text=True).stdout.strip()
     write_sidecar(ROOT / "results" / "asv" / "results",
                   command="bash benchmarks/asv_history/run.sh",
-                  extra={"asv": asv_version, "asv_run_args": args.asv_args, "machine": machine,
+                  extra={"asv": asv_version, "asv_run_extra_args": extra_args, "machine": machine,
                          "commits": commits, "result_files_per_commit": runs,
                          "wall_s_last_run": args.wall_s})
     return 0
