@@ -2,15 +2,26 @@
 
 Times a fixed subset of the per-layer cases of ``decomp.experiments.catalog`` (the grid the asv
 and pytest-benchmark suites use) in interleaved rounds on the thread CPU clock, one thread,
-batch 1, and keeps per-round ratios:
+batch 1, and keeps per-round ratios of every case (original layers and decompositions) to
+several yardsticks timed next to it in the same round:
 
-* a decomposition's time over its original layer's time in the same round;
-* an original layer's time over a fixed reference kernel's (a 256x256 matmul) in the same round.
+* three fixed reference kernels bound in different ways: a dense 3x3 conv (compute), a
+  depthwise conv (memory traffic and per-op overhead, like CP's depthwise stages) and a gemv
+  over 16 MB (memory bandwidth, like a batch-1 Linear);
+* for a decomposition, also its original layer.
 
 A ratio cancels what slows the whole machine (another job, a frequency change); the thread
-CPU clock leaves out the time the thread waits for a core. ``--compare`` tests each case's
-ratios against the saved baseline (``benchmarks/gate_stats.py``: Mann-Whitney U and a minimum
-effect), re-measures the flagged cases once, and exits 1 if any case is still flagged.
+CPU clock leaves out the time the thread waits for a core. Other jobs slow compute- and
+memory-bound kernels by different factors, so one yardstick is not enough when the load changes
+kind between --save and --compare; code that got slower is slower against all of them.
+``--compare`` tests each case's ratios against the saved baseline (``benchmarks/gate_stats.py``:
+Mann-Whitney U and a minimum effect, against every yardstick), re-measures the flagged cases
+once, and exits 1 if any case is still flagged.
+
+The references are called as torch functions (``torch.nn.functional.conv2d``, ``torch.mv``), not
+through ``nn.Module`` layers: they stand for the machine, not for the code under test, so a
+change to the library's layers (or a patch of ``nn.Conv2d.forward``) never moves them. A change
+of torch itself does; comparing across torch versions warns (the environment check below).
 
 Exit status: 0 nothing regressed (or ``--save`` done), 1 at least one regression, 2 a usage
 error (bad option, unknown case, missing or unreadable baseline). Baselines are
@@ -37,7 +48,7 @@ from benchmarks import gate_stats
 from decomp.experiments.catalog import case_by_id
 from decomp.experiments.runinfo import atomic_write_text, environment_info
 
-FORMAT = "decomp-gate/1"
+FORMAT = "decomp-gate/2"  # /2: per-yardstick samples (/1 had one reference per case)
 # The default subset (< 5 min per run on 2 shared cores, most of it re-measurement headroom):
 # k x k convs of AlexNet and VGG16 at 13x13 / 14x14 with Tucker-2 and CP at several ranks, and
 # two Linears with SVD. Each layer's original is timed too (it normalises its decompositions).
@@ -51,9 +62,12 @@ DEFAULT_CASES = (
     "alexnet.classifier.4:svd:1/4", "alexnet.classifier.6:svd:1/4",
 )
 ROUNDS = 20          # interleaved rounds; one sample per case per round
-BLOCK_TIME = 0.03    # s of thread CPU time per timed block (calls per block fixed at start)
+# s of thread CPU time per timed block (calls per block fixed at start). Each layer's group also
+# times the three references every round, so blocks are shorter than /1's 0.03 s to keep a run
+# with re-measurement inside 5 minutes on the loaded 2-core machine.
+BLOCK_TIME = 0.025
 DEFAULT_DIR = ".gate"
-REFERENCE = "reference:mm256"
+REFERENCES = ("reference:conv3x3", "reference:depthwise", "reference:gemv")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -63,10 +77,19 @@ class UsageError(ValueError):
 
 # --- what is timed -------------------------------------------------------------------------------
 
-def _reference_kernel():
+def reference_kernels() -> dict[str, object]:
+    """The fixed yardsticks (see the module docstring), each a zero-argument callable."""
+    import torch.nn.functional as F
+
     gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(256, 256, generator=gen), torch.randn(256, 256, generator=gen)
-    return lambda: torch.mm(a, b)
+    xd, wd = torch.randn(1, 128, 14, 14, generator=gen), torch.randn(128, 128, 3, 3, generator=gen)
+    xw, ww = torch.randn(1, 256, 14, 14, generator=gen), torch.randn(256, 1, 3, 3, generator=gen)
+    # 1024 x 4096 float32: 16 MB, the size of AlexNet's last Linear; larger than the L2 caches,
+    # so each call streams it like a batch-1 Linear does.
+    a, v = torch.randn(1024, 4096, generator=gen), torch.randn(4096, generator=gen)
+    return {"reference:conv3x3": lambda: F.conv2d(xd, wd, padding=1),
+            "reference:depthwise": lambda: F.conv2d(xw, ww, padding=1, groups=256),
+            "reference:gemv": lambda: torch.mv(a, v)}
 
 
 def parse_cases(text: str | None) -> tuple[str, ...]:
@@ -83,14 +106,17 @@ def parse_cases(text: str | None) -> tuple[str, ...]:
 
 
 def build_groups(case_ids) -> dict[str, dict[str, object]]:
-    """layer id -> {item name -> zero-argument callable}: the reference, the original, its cases."""
+    """layer id -> {item name -> zero-argument callable}: the references, the original, its cases.
+
+    The references are timed again in every group, next to the cases they normalise."""
+    refs = reference_kernels()
     groups: dict[str, dict[str, object]] = {}
     for cid in case_ids:
         case = case_by_id(cid)
         lid = case.layer.id
         if lid not in groups:
             orig = case_by_id(f"{lid}:original")
-            groups[lid] = {REFERENCE: _reference_kernel(), orig.id: _forward(orig)}
+            groups[lid] = {**refs, orig.id: _forward(orig)}
         if case.method != "original":
             groups[lid][cid] = _forward(case)
     return groups
@@ -138,17 +164,22 @@ def measure(groups, *, rounds: int, block_time: float) -> dict[str, list[float]]
     return times
 
 
+def yardsticks(case_id: str, layer_id: str) -> tuple[str, ...]:
+    """What a case is measured against: the references, and for a decomposition its original."""
+    orig = f"{layer_id}:original"
+    return REFERENCES if case_id == orig else (*REFERENCES, orig)
+
+
 def ratios(times, groups) -> dict[str, dict]:
-    """Case id -> its per-round ratios to its reference, and its median seconds."""
+    """Case id -> its per-round ratios to each of its yardsticks, and its median seconds."""
     out = {}
     for g, items in groups.items():
-        orig = f"{g}:original"
         for k in items:
-            if k == REFERENCE:
+            if k in REFERENCES:
                 continue
-            ref = REFERENCE if k == orig else orig
-            num, den = times[(g, k)], times[(g, ref)]
-            out[k] = {"reference": ref, "samples": [a / b for a, b in zip(num, den)],
+            num = times[(g, k)]
+            out[k] = {"yardsticks": {y: [a / b for a, b in zip(num, times[(g, y)])]
+                                     for y in yardsticks(k, g)},
                       "median_s": gate_stats.median(num)}
     return out
 
@@ -209,32 +240,40 @@ def compare(baseline: dict, record: dict, *, min_effect: float, alpha: float, re
     """Verdicts for the cases both runs timed; flagged ones re-measured once by ``remeasure``
     (a function of the case ids returning fresh case records)."""
     common = [cid for cid in record["cases"] if cid in baseline["cases"]]
-    first = {cid: gate_stats.decide(baseline["cases"][cid]["samples"], record["cases"][cid]["samples"],
-                                    min_effect=min_effect, alpha=alpha) for cid in common}
+
+    def decide(cid, new):
+        return gate_stats.decide_all(baseline["cases"][cid]["yardsticks"], new[cid]["yardsticks"],
+                                     min_effect=min_effect, alpha=alpha)
+
+    first = {cid: decide(cid, record["cases"]) for cid in common}
     flagged = [cid for cid, v in first.items() if v.regressed]
     again = {}
     if flagged:
         fresh = remeasure(flagged)
-        again = {cid: gate_stats.decide(baseline["cases"][cid]["samples"], fresh[cid]["samples"],
-                                        min_effect=min_effect, alpha=alpha) for cid in flagged}
+        again = {cid: decide(cid, fresh) for cid in flagged}
     verdicts = {}
     for cid, v in first.items():
         a = again.get(cid)
-        verdicts[cid] = {"old": v.old, "new": v.new, "effect": v.effect, "p": v.p,
-                         "flagged_first": v.regressed,
-                         "remeasured": None if a is None else {"new": a.new, "effect": a.effect, "p": a.p,
-                                                               "flagged": a.regressed},
+        verdicts[cid] = {**_verdict(v), "flagged_first": v.regressed,
+                         "remeasured": None if a is None else {**_verdict(a), "flagged": a.regressed},
                          "regressed": gate_stats.confirm(v, a)}
     return verdicts
 
 
+def _verdict(v) -> dict:
+    return {"yardstick": v.yardstick, "old": v.old, "new": v.new, "effect": v.effect, "p": v.p,
+            "per_yardstick": {k: {"old": x.old, "new": x.new, "effect": x.effect, "p": x.p,
+                                  "regressed": x.regressed} for k, x in v.per.items()}}
+
+
 def regression_line(cid: str, case: dict, v: dict) -> str:
-    # The re-measurement decided, so its figures are the ones shown.
+    # The re-measurement decided, so its figures are the ones shown: those of the yardstick
+    # against which the case slowed least, and the largest p-value over the yardsticks.
     r = v["remeasured"] or v
     ranks = ",".join(map(str, case["ranks"])) or "-"
     return (f"REGRESSION {cid} (method {case['method']}, layer {case['layer']}, rank {ranks}): "
-            f"old {v['old']:.4f} new {r['new']:.4f} x{r['effect']:.2f} of {case['reference']}, "
-            f"p={r['p']:.2g}")
+            f"old {r['old']:.4f} new {r['new']:.4f} x{r['effect']:.2f} (ratio to {r['yardstick']}, "
+            f"the smallest slowdown of {len(r['per_yardstick'])} yardsticks), p={r['p']:.2g}")
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -86,10 +86,48 @@ def test_decide_rejects_too_few_or_bad_samples():
         gate_stats.decide([1, 1, 1], [1, float("nan"), 1])
 
 
+# --- several yardsticks ---------------------------------------------------------------------------
+
+def test_slower_against_every_yardstick_is_flagged():
+    old = {y: lognormal(20, 1.0, 0.05, i) for i, y in enumerate("abc")}
+    new = {y: lognormal(20, 1.5, 0.05, 10 + i) for i, y in enumerate("abc")}
+    v = gate_stats.decide_all(old, new)
+    assert v.regressed and set(v.per) == {"a", "b", "c"} and all(x.regressed for x in v.per.values())
+
+
+def test_drift_against_one_yardstick_only_is_not_flagged():
+    # The load changed kind: the case moved against a yardstick bound differently from it (b),
+    # not against the ones bound like it (a, c).
+    old = {y: lognormal(20, 1.0, 0.05, i) for i, y in enumerate("abc")}
+    new = {"a": lognormal(20, 1.02, 0.05, 10), "b": lognormal(20, 1.4, 0.05, 11),
+           "c": lognormal(20, 0.98, 0.05, 12)}
+    v = gate_stats.decide_all(old, new)
+    assert v.per["b"].regressed and not v.regressed
+    assert v.yardstick == "c" and v.effect == pytest.approx(v.per["c"].effect)
+    assert v.p == max(x.p for x in v.per.values())
+
+
+def test_yardsticks_missing_on_one_side_are_ignored_and_none_in_common_is_an_error():
+    old = {"a": lognormal(20, 1.0, 0.05, 0), "b": lognormal(20, 1.0, 0.05, 1)}
+    v = gate_stats.decide_all(old, {"a": lognormal(20, 1.5, 0.05, 2)})
+    assert v.regressed and set(v.per) == {"a"}
+    with pytest.raises(ValueError, match="no yardstick in common"):
+        gate_stats.decide_all(old, {"z": [1, 1, 1]})
+
+
+def test_every_case_has_the_references_and_a_decomposition_its_original():
+    lid = "alexnet.features.8"
+    assert gate.yardsticks(f"{lid}:original", lid) == gate.REFERENCES
+    assert gate.yardsticks(f"{lid}:cp:1/4", lid) == (*gate.REFERENCES, f"{lid}:original")
+    refs = gate.reference_kernels()
+    assert set(refs) == set(gate.REFERENCES) and all(callable(f) for f in refs.values())
+
+
 def _fake(samples):
+    # one yardstick per case; decide_all's rule over several is tested above
     return {"format": gate.FORMAT, "env": {},
-            "cases": {cid: {"layer": "l", "method": "m", "ranks": [1], "reference": "r",
-                            "samples": s, "median_s": 1.0} for cid, s in samples.items()}}
+            "cases": {cid: {"layer": "l", "method": "m", "ranks": [1],
+                            "yardsticks": {"r": s}, "median_s": 1.0} for cid, s in samples.items()}}
 
 
 def test_flagged_cases_are_remeasured_once_and_confirmed():
@@ -100,8 +138,8 @@ def test_flagged_cases_are_remeasured_once_and_confirmed():
 
     def remeasure(ids):  # "b" stays slow, "c" was a fluke
         calls.append(list(ids))
-        return {"b": {"samples": [x * 2 for x in lognormal(20, 1.0, 0.05, 5)]},
-                "c": {"samples": lognormal(20, 1.0, 0.05, 6)}}
+        return {"b": {"yardsticks": {"r": [x * 2 for x in lognormal(20, 1.0, 0.05, 5)]}},
+                "c": {"yardsticks": {"r": lognormal(20, 1.0, 0.05, 6)}}}
 
     verdicts = gate.compare(base, run, min_effect=1.15, alpha=0.01, remeasure=remeasure)
     assert calls == [["b", "c"]]
@@ -122,14 +160,16 @@ def test_nothing_flagged_means_no_remeasurement():
 
 
 def test_regression_line_names_case_figures_and_p():
-    case = {"layer": "vgg16.features.28", "method": "tucker2", "ranks": [128, 128],
-            "reference": "vgg16.features.28:original"}
-    v = {"old": 0.2, "new": 0.3, "effect": 1.5, "p": 1e-5,
-         "remeasured": {"new": 0.31, "effect": 1.55, "p": 2e-5, "flagged": True}}
+    case = {"layer": "vgg16.features.28", "method": "tucker2", "ranks": [128, 128]}
+    per = {"a": {}, "b": {}}
+    v = {"yardstick": "a", "old": 0.2, "new": 0.3, "effect": 1.5, "p": 1e-5, "per_yardstick": per,
+         "remeasured": {"yardstick": "vgg16.features.28:original", "old": 0.21, "new": 0.31,
+                        "effect": 1.55, "p": 2e-5, "per_yardstick": per, "flagged": True}}
     line = gate.regression_line("vgg16.features.28:tucker2:1/4", case, v)
     assert line.startswith("REGRESSION vgg16.features.28:tucker2:1/4")
-    for part in ("method tucker2", "layer vgg16.features.28", "rank 128,128", "old 0.2000",
-                 "new 0.3100", "x1.55", "p=2e-05"):
+    for part in ("method tucker2", "layer vgg16.features.28", "rank 128,128", "old 0.2100",
+                 "new 0.3100", "x1.55", "ratio to vgg16.features.28:original", "2 yardsticks",
+                 "p=2e-05"):
         assert part in line
 
 
@@ -175,20 +215,21 @@ def test_save_compare_round_trip(capsys, tmp_path):
     assert saved["format"] == gate.FORMAT
     assert set(saved["cases"]) == {SMALL, "alexnet.classifier.6:original"}
     assert saved["env"]["threads"] == 1 and saved["env"]["torch"] == torch.__version__
-    assert all(len(c["samples"]) == 3 for c in saved["cases"].values())
+    assert all(len(s) == 3 for c in saved["cases"].values() for s in c["yardsticks"].values())
+    assert set(saved["cases"][SMALL]["yardsticks"]) == {*gate.REFERENCES, "alexnet.classifier.6:original"}
     assert gate.main(["--compare", "base", "--rounds", "3", "--json", str(tmp_path / "run.json"), *opts]) == 0
     out = capsys.readouterr()
     assert "0 of 2 cases regressed" in out.out and "warning" not in out.err
     run = json.loads((tmp_path / "run.json").read_text())
     assert set(run["compare"]["verdicts"]) == set(saved["cases"]) and "load_avg" in run
 
-    # A baseline from another torch in which the SVD case's ratio to its original was a third of
-    # what it is now: a warning, a regression line and exit 1 (5 new rounds against 6 old
-    # samples: the smallest one-sided p, 1/462, is below alpha).
+    # A baseline from another torch in which the SVD case's ratios to all its yardsticks were a
+    # third of what they are now: a warning, a regression line and exit 1 (5 new rounds against
+    # 6 old samples: the smallest one-sided p, 1/462, is below alpha).
     saved["env"]["torch"] = "0.0"
-    for c in saved["cases"].values():
-        c["samples"] = c["samples"] * 2
-    saved["cases"][SMALL]["samples"] = [x / 3 for x in saved["cases"][SMALL]["samples"]]
+    for cid, c in saved["cases"].items():
+        c["yardsticks"] = {y: [x / (3 if cid == SMALL else 1) for x in s * 2]
+                           for y, s in c["yardsticks"].items()}
     (tmp_path / "old.json").write_text(json.dumps(saved))
     assert gate.main(["--compare", "old", "--rounds", "5", *opts]) == 1
     out = capsys.readouterr()
