@@ -181,7 +181,7 @@ def _cifar_rows(rows) -> list[str]:
     return out + [""] + tucker_lines
 
 
-ACCURACY_RUNS = ("cpu_e40", "cpu_e40_x3", "cpu_e40_ft1")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
+ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
 
 
 def accuracy_at_speed_lines() -> list[str]:
