@@ -146,7 +146,10 @@ def make_tiny_imagefolder(root: str | os.PathLike, *, train_per_class: int = 8, 
     ``classes`` classes, ``val/`` the first ``val_per_class`` test images (bicubic upscaling
     from 32x32, JPEG quality 90). Returns ``root``.
     """
+    import io
+
     from decomp.experiments.data import CIFAR10_CLASSES, load_cifar10
+    from decomp.experiments.runinfo import atomic_write_bytes
 
     if not 1 <= classes <= len(CIFAR10_CLASSES) or min(train_per_class, val_per_class, size) < 1:
         raise ValueError(f"classes must be in [1, 10] and train_per_class, val_per_class, size >= 1; got "
@@ -161,5 +164,7 @@ def make_tiny_imagefolder(root: str | os.PathLike, *, train_per_class: int = 8, 
             for i, j in enumerate(index.tolist()):
                 array = source.images[j].permute(1, 2, 0).numpy()  # (32, 32, 3) uint8
                 image = Image.fromarray(array).resize((size, size), Image.BICUBIC)
-                image.save(folder / f"{name}_{i:03d}.JPEG", quality=90)
+                buffer = io.BytesIO()
+                image.save(buffer, format="JPEG", quality=90)
+                atomic_write_bytes(folder / f"{name}_{i:03d}.JPEG", buffer.getvalue())  # no half-written image
     return root
