@@ -13,9 +13,10 @@ several yardsticks timed next to it in the same round:
 A ratio cancels what slows the whole machine (another job, a frequency change); the thread
 CPU clock leaves out the time the thread waits for a core. Other jobs slow compute- and
 memory-bound kernels by different factors, so one yardstick is not enough when the load changes
-kind between --save and --compare; code that got slower is slower against all of them.
+kind between --save and --compare; code that got slower is slower against all of them, and a
+case is flagged when it is slower against all its yardsticks but one.
 ``--compare`` tests each case's ratios against the saved baseline (``benchmarks/gate_stats.py``:
-Mann-Whitney U and a minimum effect, against every yardstick), re-measures the flagged cases
+Mann-Whitney U and a minimum effect, against all yardsticks but one), re-measures the flagged cases
 once, and exits 1 if any case is still flagged.
 
 The references are called as torch functions (``torch.nn.functional.conv2d``, ``torch.mv``), not
@@ -262,18 +263,20 @@ def compare(baseline: dict, record: dict, *, min_effect: float, alpha: float, re
 
 def _verdict(v) -> dict:
     return {"yardstick": v.yardstick, "old": v.old, "new": v.new, "effect": v.effect, "p": v.p,
+            "quorum": v.quorum,
             "per_yardstick": {k: {"old": x.old, "new": x.new, "effect": x.effect, "p": x.p,
                                   "regressed": x.regressed} for k, x in v.per.items()}}
 
 
 def regression_line(cid: str, case: dict, v: dict) -> str:
-    # The re-measurement decided, so its figures are the ones shown: those of the yardstick
-    # against which the case slowed least, and the largest p-value over the yardsticks.
+    # The re-measurement decided, so its figures are the ones shown: those of the weakest of the
+    # yardsticks that carry the verdict, and the largest p-value among them.
     r = v["remeasured"] or v
     ranks = ",".join(map(str, case["ranks"])) or "-"
     return (f"REGRESSION {cid} (method {case['method']}, layer {case['layer']}, rank {ranks}): "
             f"old {r['old']:.4f} new {r['new']:.4f} x{r['effect']:.2f} (ratio to {r['yardstick']}, "
-            f"the smallest slowdown of {len(r['per_yardstick'])} yardsticks), p={r['p']:.2g}")
+            f"the weakest of the {r['quorum']} of {len(r['per_yardstick'])} yardsticks that agree), "
+            f"p={r['p']:.2g}")
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     python benchmarks/gate_evidence.py run LABEL [--slowdown F]  # one --compare run, recorded
     python benchmarks/gate_evidence.py shares                    # share of time in 1x1/depthwise
     python benchmarks/gate_evidence.py table                     # summary.md / summary.json
+    python benchmarks/gate_evidence.py all [--fresh]             # all of it, in order (resumes)
 
 ``run`` calls ``benchmarks/gate.py --compare`` in a subprocess (with ``--slowdown``, the
 ``inject/sitecustomize.py`` on PYTHONPATH and DECOMP_GATE_SLOWDOWN=F) and keeps the gate's own
@@ -144,8 +145,8 @@ def summarise(runs, shares) -> dict:
                "cases": len(verdicts),
                "flagged_first": sum(v["flagged_first"] for v in verdicts.values()),
                "regressed": sorted(c for c, v in verdicts.items() if v["regressed"]),
-               # first measurement: slower against at least one yardstick but not all of them,
-               # i.e. what a single-reference gate could have flagged and this one did not
+               # first measurement: slower against at least one yardstick but fewer than the
+               # quorum, i.e. what a single-reference gate could have flagged and this one did not
                "some_not_all": sorted(c for c, v in verdicts.items() if not v["flagged_first"]
                                       and any(y["regressed"] for y in v["per_yardstick"].values())),
                "max_effect_unaffected": None}
@@ -176,7 +177,7 @@ def _pct(a, b):
 def markdown(summary, shares, runs) -> str:
     lines = ["| run | slowdown | rounds x block s | load avg (1 min) | wall s (timing / whole command) | exit | flagged before re-measure | regressed | "
              "affected caught | touched, below min effect: flagged | originals flagged | largest effect, untouched cases | "
-             "slower against some yardsticks, not all |",
+             "slower against some yardsticks, below the quorum |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary["runs"]:
         caught = _pct(len(r["caught"]), len(r["affected"])) if r["slowdown"] else "-"
@@ -187,10 +188,10 @@ def markdown(summary, shares, runs) -> str:
                      f"{r['exit_code']} | {r['flagged_first']}/{r['cases']} | {len(r['regressed'])} | {caught} | "
                      f"{below} | {len(r['originals_flagged'])} | {mx} | {len(r['some_not_all'])} |")
     lines += ["", "Measured whole-case effect per case and run: median ratio new / old against the "
-              "yardstick the case slowed least against (the gate's verdict; first measurement), "
-              "**R** where the gate reported a regression, * where it was slower than the minimum "
-              "effect against some yardsticks but not all; expected factor 1 + (F - 1) * share in "
-              "brackets for the injected runs:", ""]
+              "weakest of the yardsticks that carry the verdict (all of a case's yardsticks but one; "
+              "first measurement), **R** where the gate reported a regression, * where it was slower "
+              "than the minimum effect against some yardsticks but fewer than that quorum; expected "
+              "factor 1 + (F - 1) * share in brackets for the injected runs:", ""]
     ids = list(runs[0]["compare"]["verdicts"]) if runs else []
     lines.append("| case | share | " + " | ".join(r["evidence"]["label"] for r in runs) + " |")
     lines.append("| --- | --- |" + " --- |" * len(runs))
@@ -225,6 +226,34 @@ def cmd_table(_args):
     return 0
 
 
+# The evidence, in the order it is made: unchanged and injected runs alternate, so a change of
+# the machine's load over the hour falls on both kinds.
+SEQUENCE = (("unchanged-1", None), ("slow1.3-1", 1.3), ("unchanged-2", None), ("slow2-1", 2.0),
+            ("unchanged-3", None), ("slow1.3-2", 1.3), ("unchanged-4", None), ("slow1.3-3", 1.3),
+            ("unchanged-5", None), ("slow2-2", 2.0), ("unchanged-6", None))
+
+
+def cmd_all(args):
+    """The whole evidence: baseline, SEQUENCE, shares, table. Resumes: a baseline or run already
+    recorded is kept (``--fresh`` deletes the old records first)."""
+    if args.fresh:
+        for p in [*OUT.glob(f"{BASELINE}.json*"), *(OUT / "runs").glob("*.json")]:
+            p.unlink()
+    steps = [("baseline", None)] + list(SEQUENCE)
+    for i, (label, f) in enumerate(steps, 1):
+        done = (OUT / f"{BASELINE}.json").exists() if label == "baseline" else \
+            (OUT / "runs" / f"{label}.json").exists()
+        print(f"[{i}/{len(steps)}] {label}" + (" (recorded, kept)" if done else ""), flush=True)
+        if done:
+            continue
+        code = cmd_save(args) if label == "baseline" else \
+            cmd_run(argparse.Namespace(label=label, slowdown=f))
+        if code:
+            return code
+    cmd_shares(args)
+    return cmd_table(args)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/gate_evidence.py", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -238,6 +267,11 @@ def main(argv=None) -> int:
     s.add_argument("--block-time", type=float, default=0.04)
     s.set_defaults(fn=cmd_shares)
     sub.add_parser("table").set_defaults(fn=cmd_table)
+    a = sub.add_parser("all", help="baseline, every run of SEQUENCE, shares, table (resumes)")
+    a.add_argument("--fresh", action="store_true", help="delete the recorded baseline and runs first")
+    a.add_argument("--rounds", type=int, default=15)
+    a.add_argument("--block-time", type=float, default=0.04)
+    a.set_defaults(fn=cmd_all)
     args = p.parse_args(argv)
     return args.fn(args)
 

@@ -102,9 +102,37 @@ def test_drift_against_one_yardstick_only_is_not_flagged():
     new = {"a": lognormal(20, 1.02, 0.05, 10), "b": lognormal(20, 1.4, 0.05, 11),
            "c": lognormal(20, 0.98, 0.05, 12)}
     v = gate_stats.decide_all(old, new)
-    assert v.per["b"].regressed and not v.regressed
-    assert v.yardstick == "c" and v.effect == pytest.approx(v.per["c"].effect)
-    assert v.p == max(x.p for x in v.per.values())
+    assert v.per["b"].regressed and not v.regressed and v.quorum == 2
+    # reported: the weakest of the two yardsticks that would carry a verdict (b, then a)
+    assert v.yardstick == "a" and v.effect == pytest.approx(v.per["a"].effect)
+    assert v.p == max(v.per["a"].p, v.per["b"].p)
+
+
+def test_one_yardstick_slowed_with_the_case_does_not_hide_a_regression():
+    # Another job slowed one reference as much as the case's code slowed: against it the case
+    # looks unchanged, against the other three it is 1.4x slower.
+    old = {y: lognormal(20, 1.0, 0.05, i) for i, y in enumerate("abcd")}
+    new = {"a": lognormal(20, 1.4, 0.05, 10), "b": lognormal(20, 1.0, 0.05, 11),
+           "c": lognormal(20, 1.45, 0.05, 12), "d": lognormal(20, 1.35, 0.05, 13)}
+    v = gate_stats.decide_all(old, new)
+    assert v.regressed and v.quorum == 3 and not v.per["b"].regressed
+    assert v.yardstick == "d" and v.effect == pytest.approx(v.per["d"].effect)
+    # and with no dissent allowed (the gate's second version) it would have been missed
+    assert not gate_stats.decide_all(old, new, dissent=0).regressed
+
+
+def test_quorum_is_every_yardstick_below_three_and_all_but_one_from_three():
+    assert [gate_stats.quorum(n) for n in (1, 2, 3, 4, 5)] == [1, 2, 2, 3, 4]
+    assert gate_stats.quorum(4, dissent=0) == 4 and gate_stats.quorum(3, dissent=5) == 1
+    with pytest.raises(ValueError, match="dissent must be >= 0"):
+        gate_stats.quorum(3, dissent=-1)
+
+
+def test_two_yardsticks_must_both_agree():
+    old = {"a": lognormal(20, 1.0, 0.05, 0), "b": lognormal(20, 1.0, 0.05, 1)}
+    new = {"a": lognormal(20, 1.5, 0.05, 2), "b": lognormal(20, 1.0, 0.05, 3)}
+    v = gate_stats.decide_all(old, new)
+    assert v.quorum == 2 and v.per["a"].regressed and not v.regressed
 
 
 def test_yardsticks_missing_on_one_side_are_ignored_and_none_in_common_is_an_error():
@@ -161,14 +189,16 @@ def test_nothing_flagged_means_no_remeasurement():
 
 def test_regression_line_names_case_figures_and_p():
     case = {"layer": "vgg16.features.28", "method": "tucker2", "ranks": [128, 128]}
-    per = {"a": {}, "b": {}}
+    per = {"a": {}, "b": {}, "c": {}, "d": {}}
     v = {"yardstick": "a", "old": 0.2, "new": 0.3, "effect": 1.5, "p": 1e-5, "per_yardstick": per,
+         "quorum": 3,
          "remeasured": {"yardstick": "vgg16.features.28:original", "old": 0.21, "new": 0.31,
-                        "effect": 1.55, "p": 2e-5, "per_yardstick": per, "flagged": True}}
+                        "effect": 1.55, "p": 2e-5, "per_yardstick": per, "quorum": 3,
+                        "flagged": True}}
     line = gate.regression_line("vgg16.features.28:tucker2:1/4", case, v)
     assert line.startswith("REGRESSION vgg16.features.28:tucker2:1/4")
     for part in ("method tucker2", "layer vgg16.features.28", "rank 128,128", "old 0.2100",
-                 "new 0.3100", "x1.55", "ratio to vgg16.features.28:original", "2 yardsticks",
+                 "new 0.3100", "x1.55", "ratio to vgg16.features.28:original", "3 of 4 yardsticks",
                  "p=2e-05"):
         assert part in line
 
