@@ -55,6 +55,24 @@ def cmd_save(_args):
     return proc.returncode
 
 
+# Background loads for runs "under load", started before the gate and killed after it: another
+# job keeping both cores busy with compute (a 2-thread matmul loop, like a training job), or one
+# core streaming 2 x 512 MB through memory (the shared L3 and memory bandwidth, what hurts the
+# memory-bound cases most). The gate itself runs one thread.
+LOADS = {
+    "compute": "import torch\ntorch.set_num_threads(2)\na = torch.randn(1024, 1024)\n"
+               "while True:\n    a @ a\n",
+    "memory": "import numpy as np\na = np.ones(1 << 26)\nb = np.empty_like(a)\n"
+              "while True:\n    np.copyto(b, a)\n",
+}
+
+
+def _start_load(kind):
+    if kind is None:
+        return None
+    return subprocess.Popen([sys.executable, "-c", LOADS[kind]], stdout=subprocess.DEVNULL)
+
+
 def cmd_run(args):
     from decomp.experiments.runinfo import atomic_write_text, write_sidecar
 
@@ -64,18 +82,28 @@ def cmd_run(args):
         env = {"PYTHONPATH": os.pathsep.join([str(INJECT), os.environ.get("PYTHONPATH", "")]),
                "DECOMP_GATE_SLOWDOWN": str(args.slowdown)}
     tmp = out.with_suffix(".gate.tmp")
-    proc, wall = _gate(["--compare", BASELINE, "--dir", str(OUT.relative_to(ROOT)),
-                        "--json", str(tmp)], env)
+    load = _start_load(getattr(args, "load", None))
+    try:
+        if load is not None:
+            time.sleep(5)  # let it reach its steady state before the gate starts
+        proc, wall = _gate(["--compare", BASELINE, "--dir", str(OUT.relative_to(ROOT)),
+                            "--json", str(tmp)], env)
+    finally:
+        if load is not None:
+            load.kill()
+            load.wait()
     sys.stdout.write(proc.stdout)
     sys.stderr.write(proc.stderr)
     if proc.returncode not in (0, 1):
         return proc.returncode
     record = json.loads(tmp.read_text())
     tmp.unlink()
-    record["evidence"] = {"label": args.label, "slowdown": args.slowdown, "exit_code": proc.returncode,
+    record["evidence"] = {"label": args.label, "slowdown": args.slowdown,
+                          "load": getattr(args, "load", None), "exit_code": proc.returncode,
                           "stdout": proc.stdout, "stderr": proc.stderr, "process_wall_s": wall}
     atomic_write_text(out, json.dumps(record, indent=1) + "\n")
-    write_sidecar(out, extra={"slowdown": args.slowdown, "load_avg": record["load_avg"]})
+    write_sidecar(out, extra={"slowdown": args.slowdown, "load": getattr(args, "load", None),
+                              "load_avg": record["load_avg"]})
     return 0
 
 
@@ -139,7 +167,9 @@ def summarise(runs, shares) -> dict:
         f, min_effect = ev["slowdown"], r["settings"]["min_effect"]
         row = {"label": ev["label"], "slowdown": f, "exit_code": ev["exit_code"],
                "rounds": r["settings"]["rounds"], "block_time_s": r["settings"]["block_time_s"],
-               "load_avg_1min": r["load_avg"]["start"][0], "wall_s": r["wall_s"],
+               "load": ev.get("load"),
+               # at the end: the 1-minute average then covers the run's last minute
+               "load_avg_1min": r["load_avg"]["end"][0], "wall_s": r["wall_s"],
                # the whole command, start-up (torch import, catalogue capture) included
                "process_wall_s": ev["process_wall_s"],
                "cases": len(verdicts),
@@ -175,15 +205,16 @@ def _pct(a, b):
 
 
 def markdown(summary, shares, runs) -> str:
-    lines = ["| run | slowdown | rounds x block s | load avg (1 min) | wall s (timing / whole command) | exit | flagged before re-measure | regressed | "
+    lines = ["| run | slowdown | background load | rounds x block s | load avg (1 min, at end) | wall s (timing / whole command) | exit | flagged before re-measure | regressed | "
              "affected caught | touched, below min effect: flagged | originals flagged | largest effect, untouched cases | "
              "slower against some yardsticks, below the quorum |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary["runs"]:
         caught = _pct(len(r["caught"]), len(r["affected"])) if r["slowdown"] else "-"
         below = f"{len(r['below_flagged'])}/{len(r['below_min_effect'])}" if r["slowdown"] else "-"
         mx = "-" if r["max_effect_unaffected"] is None else f"x{r['max_effect_unaffected']:.3f}"
-        lines.append(f"| {r['label']} | {r['slowdown'] or 'none'} | {r['rounds']} x {r['block_time_s']} | "
+        lines.append(f"| {r['label']} | {r['slowdown'] or 'none'} | {r.get('load') or 'none'} | "
+                     f"{r['rounds']} x {r['block_time_s']} | "
                      f"{r['load_avg_1min']:.2f} | {r['wall_s']:.0f} / {r['process_wall_s']:.0f} | "
                      f"{r['exit_code']} | {r['flagged_first']}/{r['cases']} | {len(r['regressed'])} | {caught} | "
                      f"{below} | {len(r['originals_flagged'])} | {mx} | {len(r['some_not_all'])} |")
@@ -228,9 +259,14 @@ def cmd_table(_args):
 
 # The evidence, in the order it is made: unchanged and injected runs alternate, so a change of
 # the machine's load over the hour falls on both kinds.
-SEQUENCE = (("unchanged-1", None), ("slow1.3-1", 1.3), ("unchanged-2", None), ("slow2-1", 2.0),
-            ("unchanged-3", None), ("slow1.3-2", 1.3), ("unchanged-4", None), ("slow1.3-3", 1.3),
-            ("unchanged-5", None), ("slow2-2", 2.0), ("unchanged-6", None))
+# (label, injected slowdown, background load): the baseline is saved on a quiet machine, and
+# both kinds of load fall on unchanged and on injected runs.
+SEQUENCE = (("unchanged-1", None, None), ("slow1.3-1", 1.3, None),
+            ("unchanged-2", None, "compute"), ("slow2-1", 2.0, "compute"),
+            ("unchanged-3", None, "memory"), ("slow1.3-2", 1.3, "memory"),
+            ("unchanged-4", None, None), ("slow1.3-3", 1.3, "compute"),
+            ("unchanged-5", None, "compute"), ("slow2-2", 2.0, "memory"),
+            ("unchanged-6", None, "memory"), ("slow1.3-4", 1.3, None))
 
 
 def cmd_all(args):
@@ -239,15 +275,16 @@ def cmd_all(args):
     if args.fresh:
         for p in [*OUT.glob(f"{BASELINE}.json*"), *(OUT / "runs").glob("*.json")]:
             p.unlink()
-    steps = [("baseline", None)] + list(SEQUENCE)
-    for i, (label, f) in enumerate(steps, 1):
+    steps = [("baseline", None, None)] + list(SEQUENCE)
+    for i, (label, f, load) in enumerate(steps, 1):
         done = (OUT / f"{BASELINE}.json").exists() if label == "baseline" else \
             (OUT / "runs" / f"{label}.json").exists()
-        print(f"[{i}/{len(steps)}] {label}" + (" (recorded, kept)" if done else ""), flush=True)
+        print(f"[{i}/{len(steps)}] {label}" + (f", load {load}" if load else "")
+              + (" (recorded, kept)" if done else ""), flush=True)
         if done:
             continue
         code = cmd_save(args) if label == "baseline" else \
-            cmd_run(argparse.Namespace(label=label, slowdown=f))
+            cmd_run(argparse.Namespace(label=label, slowdown=f, load=load))
         if code:
             return code
     cmd_shares(args)
@@ -261,6 +298,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("run")
     r.add_argument("label")
     r.add_argument("--slowdown", type=float)
+    r.add_argument("--load", choices=sorted(LOADS), help="run a background load during the run")
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("shares")
     s.add_argument("--rounds", type=int, default=15)
