@@ -13,10 +13,11 @@ several yardsticks timed next to it in the same round:
 A ratio cancels what slows the whole machine (another job, a frequency change); the thread
 CPU clock leaves out the time the thread waits for a core. Other jobs slow compute- and
 memory-bound kernels by different factors, so one yardstick is not enough when the load changes
-kind between --save and --compare; code that got slower is slower against all of them, and a
-case is flagged when it is slower against all its yardsticks but one.
+kind between --save and --compare; code that got slower is slower against all of them. A
+decomposition is flagged when it is slower against all its four yardsticks but one, an original
+against all three references (``benchmarks/gate_stats.py`` says why).
 ``--compare`` tests each case's ratios against the saved baseline (``benchmarks/gate_stats.py``:
-Mann-Whitney U and a minimum effect, against all yardsticks but one), re-measures the flagged cases
+Mann-Whitney U and a minimum effect, against a quorum of yardsticks), re-measures the flagged cases
 once, and exits 1 if any case is still flagged.
 
 The references are called as torch functions (``torch.nn.functional.conv2d``, ``torch.mv``), not

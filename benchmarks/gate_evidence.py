@@ -219,8 +219,8 @@ def markdown(summary, shares, runs) -> str:
                      f"{r['exit_code']} | {r['flagged_first']}/{r['cases']} | {len(r['regressed'])} | {caught} | "
                      f"{below} | {len(r['originals_flagged'])} | {mx} | {len(r['some_not_all'])} |")
     lines += ["", "Measured whole-case effect per case and run: median ratio new / old against the "
-              "weakest of the yardsticks that carry the verdict (all of a case's yardsticks but one; "
-              "first measurement), **R** where the gate reported a regression, * where it was slower "
+              "weakest of the yardsticks that carry the verdict (3 of a decomposition's 4, all 3 of an "
+              "original's; first measurement), **R** where the gate reported a regression, * where it was slower "
               "than the minimum effect against some yardsticks but fewer than that quorum; expected "
               "factor 1 + (F - 1) * share in brackets for the injected runs:", ""]
     ids = list(runs[0]["compare"]["verdicts"]) if runs else []

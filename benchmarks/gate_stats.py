@@ -15,13 +15,16 @@ conv: compute; a depthwise conv: memory traffic and per-op overhead; a gemv: mem
 and, for a decomposition, its original layer. Other jobs slow these by different factors, so a
 ratio to one yardstick drifts when the load changes kind (a memory-bound case against a
 compute-bound reference moved by up to 1.4x in the first evidence runs). The case's own code
-getting slower moves its ratio to every yardstick, so a case regresses when it regressed against
-all of its yardsticks but ``DISSENT`` (one, when it has three or more): a single yardstick that
-happened to slow down as much as the case cannot hide a regression, and a single one that drifted
-the other way cannot raise one. The verdict reported is the weakest of the yardsticks that carry
-it. (Requiring every yardstick, the gate's second version, took the minimum of four noisy
-effects: biased low, it caught 8 of 12 cases slowed by about 1.25x; results/bench_gate/, git
-history.)
+getting slower moves its ratio to every yardstick. A decomposition has four (the three references
+and its original) and regresses when it regressed against all but ``DISSENT`` (one) of them: a
+single yardstick that happened to slow down as much as the case cannot hide a regression. An
+original has only the three references, one per kind of boundness, and a load of one kind moves
+exactly one of them against the other two (a memory-streaming job made the batch-1 Linears 2x
+slower against the conv references, not against the gemv), so it regresses only against all
+three. The verdict reported is the weakest of the yardsticks that carry it. (Requiring every
+yardstick of a decomposition, the gate's second version, took the minimum of four noisy effects:
+biased low, it caught 8 of 12 cases slowed by about 1.25x; allowing a dissent among three, tried
+next, flagged the Linears' originals under memory load; results/bench_gate/, git history.)
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from scipy.stats import mannwhitneyu
 MIN_EFFECT = 1.2    # median(new) / median(old) at or above which a case may be flagged
 ALPHA = 0.01        # one-sided Mann-Whitney U significance level
 MIN_SAMPLES = 3     # per side; fewer cannot reach a useful p-value
-DISSENT = 1         # yardsticks that may disagree with a regression, for a case with >= 3 of them
+DISSENT = 1         # yardsticks that may disagree with a regression, for a case with >= 4 of them
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,11 @@ class MultiVerdict:
 
 
 def quorum(n: int, dissent: int = DISSENT) -> int:
-    """Yardsticks that must agree out of ``n``: all of them with fewer than three (one dissenting
-    yardstick of two is half the evidence), else all but ``dissent``."""
+    """Yardsticks that must agree out of ``n``: all of them with fewer than four (an original's
+    three references, one per kind of load: see the module docstring), else all but ``dissent``."""
     if dissent < 0:
         raise ValueError(f"dissent must be >= 0; got {dissent!r}")
-    return n if n < 3 else max(1, n - dissent)
+    return n if n < 4 else max(1, n - dissent)
 
 
 def decide_all(old: dict[str, Sequence[float]], new: dict[str, Sequence[float]], *,
