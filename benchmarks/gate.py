@@ -18,7 +18,8 @@ decomposition is flagged when it is slower against all its four yardsticks but o
 against all three references (``benchmarks/gate_stats.py`` says why).
 ``--compare`` tests each case's ratios against the saved baseline (``benchmarks/gate_stats.py``:
 Mann-Whitney U and a minimum effect, against a quorum of yardsticks), re-measures the flagged cases
-once, and exits 1 if any case is still flagged.
+once, and exits 1 if any is confirmed: the re-measurement alone significantly slower, and both
+measurements pooled a regression.
 
 The references are called as torch functions (``torch.nn.functional.conv2d``, ``torch.mv``), not
 through ``nn.Module`` layers: they stand for the machine, not for the code under test, so a
@@ -249,16 +250,23 @@ def compare(baseline: dict, record: dict, *, min_effect: float, alpha: float, re
 
     first = {cid: decide(cid, record["cases"]) for cid in common}
     flagged = [cid for cid, v in first.items() if v.regressed]
-    again = {}
+    again, pooled, fresh = {}, {}, {}
     if flagged:
         fresh = remeasure(flagged)
         again = {cid: decide(cid, fresh) for cid in flagged}
+        pooled = {cid: gate_stats.decide_all(
+            baseline["cases"][cid]["yardsticks"],
+            gate_stats.pool(record["cases"][cid]["yardsticks"], fresh[cid]["yardsticks"]),
+            min_effect=min_effect, alpha=alpha) for cid in flagged}
     verdicts = {}
     for cid, v in first.items():
-        a = again.get(cid)
+        a, b = again.get(cid), pooled.get(cid)
         verdicts[cid] = {**_verdict(v), "flagged_first": v.regressed,
-                         "remeasured": None if a is None else {**_verdict(a), "flagged": a.regressed},
-                         "regressed": gate_stats.confirm(v, a)}
+                         "remeasured": None if a is None else {
+                             **_verdict(a), "flagged": a.regressed, "slower": a.slower,
+                             "samples": fresh[cid]["yardsticks"]},
+                         "pooled": None if b is None else {**_verdict(b), "flagged": b.regressed},
+                         "regressed": gate_stats.confirm(v, a, b)}
     return verdicts
 
 
@@ -270,9 +278,9 @@ def _verdict(v) -> dict:
 
 
 def regression_line(cid: str, case: dict, v: dict) -> str:
-    # The re-measurement decided, so its figures are the ones shown: those of the weakest of the
-    # yardsticks that carry the verdict, and the largest p-value among them.
-    r = v["remeasured"] or v
+    # The first and second measurements pooled decided the size, so their figures are shown:
+    # those of the weakest of the yardsticks that carry the verdict, and the largest p among them.
+    r = v.get("pooled") or v
     ranks = ",".join(map(str, case["ranks"])) or "-"
     return (f"REGRESSION {cid} (method {case['method']}, layer {case['layer']}, rank {ranks}): "
             f"old {r['old']:.4f} new {r['new']:.4f} x{r['effect']:.2f} (ratio to {r['yardstick']}, "

@@ -183,7 +183,30 @@ def test_flagged_cases_are_remeasured_once_and_confirmed():
     assert calls == [["b", "c"]]
     assert not verdicts["a"]["flagged_first"] and verdicts["a"]["remeasured"] is None
     assert verdicts["b"]["regressed"] and verdicts["b"]["remeasured"]["flagged"]
-    assert verdicts["c"]["flagged_first"] and not verdicts["c"]["regressed"]
+    assert verdicts["b"]["pooled"]["flagged"] and len(verdicts["b"]["remeasured"]["samples"]["r"]) == 20
+    # "c": pooled, half its samples are 2x slower, yet the re-measurement alone is not slower
+    assert verdicts["c"]["flagged_first"] and not verdicts["c"]["remeasured"]["slower"]
+    assert not verdicts["c"]["regressed"]
+
+
+def test_a_slowdown_at_the_threshold_is_judged_on_both_measurements_pooled():
+    # A true 1.25x slowdown against a 1.2x threshold: the first measurement reads 1.3x, the
+    # re-measurement 1.17x (significantly slower, below the threshold). Pooled: a regression.
+    old = lognormal(20, 1.0, 0.02, 0)
+    base = _fake({"a": old})
+    run = _fake({"a": lognormal(20, 1.3, 0.02, 1)})
+    again = {"a": {"yardsticks": {"r": lognormal(20, 1.17, 0.02, 2)}}}
+    v = gate.compare(base, run, min_effect=1.2, alpha=0.01, remeasure=lambda ids: again)["a"]
+    assert v["flagged_first"] and not v["remeasured"]["flagged"] and v["remeasured"]["slower"]
+    assert v["pooled"]["flagged"] and v["regressed"]
+    # pooled but unchanged on the second look (1.0x): no regression
+    again = {"a": {"yardsticks": {"r": lognormal(20, 1.0, 0.02, 3)}}}
+    v = gate.compare(base, run, min_effect=1.2, alpha=0.01, remeasure=lambda ids: again)["a"]
+    assert v["flagged_first"] and not v["remeasured"]["slower"] and not v["regressed"]
+
+
+def test_pool_joins_the_yardsticks_both_measurements_have():
+    assert gate_stats.pool({"a": [1, 2], "b": [3]}, {"a": [4], "c": [5]}) == {"a": [1, 2, 4]}
 
 
 def test_nothing_flagged_means_no_remeasurement():
@@ -202,9 +225,8 @@ def test_regression_line_names_case_figures_and_p():
     per = {"a": {}, "b": {}, "c": {}, "d": {}}
     v = {"yardstick": "a", "old": 0.2, "new": 0.3, "effect": 1.5, "p": 1e-5, "per_yardstick": per,
          "quorum": 3,
-         "remeasured": {"yardstick": "vgg16.features.28:original", "old": 0.21, "new": 0.31,
-                        "effect": 1.55, "p": 2e-5, "per_yardstick": per, "quorum": 3,
-                        "flagged": True}}
+         "pooled": {"yardstick": "vgg16.features.28:original", "old": 0.21, "new": 0.31,
+                    "effect": 1.55, "p": 2e-5, "per_yardstick": per, "quorum": 3, "flagged": True}}
     line = gate.regression_line("vgg16.features.28:tucker2:1/4", case, v)
     assert line.startswith("REGRESSION vgg16.features.28:tucker2:1/4")
     for part in ("method tucker2", "layer vgg16.features.28", "rank 128,128", "old 0.2100",
