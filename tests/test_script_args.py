@@ -100,3 +100,13 @@ def test_measure_scaling_checks_the_batch_and_out_before_any_run(capsys, a_file,
     _refused(capsys, scaling.main, ["--batch-size", "3"], "argument --batch-size: 3; allowed: an even number")
     _refused(capsys, scaling.main, ["--epochs", "0"], "argument --epochs: 0; allowed: an int >= 1")
     _refused(capsys, scaling.main, ["--out", str(a_file)], f"argument --out: {a_file} is a file")
+
+
+def test_time_calibration_checks_images_and_threads_before_reading_data(capsys, monkeypatch):
+    timing = _script("time_calibration")
+    from decomp.experiments import calibration_time
+    monkeypatch.setattr(calibration_time, "load_cifar10", lambda *a, **k: pytest.fail("data was read"))
+    _refused(capsys, timing.main, ["--data", "x", "--images", "0,1024"],
+             "argument --images: '0,1024'; allowed: comma-separated integers >= 1")
+    _refused(capsys, timing.main, ["--data", "x", "--images", "many"], "argument --images: 'many'")
+    _refused(capsys, timing.main, ["--data", "x", "--threads", "0"], "argument --threads: '0'; allowed: an int >= 1")
