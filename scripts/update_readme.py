@@ -20,6 +20,7 @@ README = ROOT / "README.md"
 START, END = "<!-- results:start (scripts/update_readme.py) -->", "<!-- results:end -->"
 SCALING_START, SCALING_END = "<!-- scaling:start (scripts/update_readme.py) -->", "<!-- scaling:end -->"
 COMPAT_START, COMPAT_END = "<!-- compat:start (scripts/update_readme.py) -->", "<!-- compat:end -->"
+CALIBRATION_START, CALIBRATION_END = "<!-- calibration:start (scripts/update_readme.py) -->", "<!-- calibration:end -->"
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -283,6 +284,24 @@ def render_compat() -> str:
     return "\n".join([COMPAT_START, *body, COMPAT_END])
 
 
+def render_calibration() -> str:
+    """Calibration wall time and raw top-1, from results/calibration/calibration_time.csv
+    (scripts/time_calibration.py)."""
+    path = ROOT / "results/calibration/calibration_time.csv"
+    body = []
+    if path.exists():
+        sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+        for r in read_csv(path):
+            what = (f"data-aware on {r['calibration_images']} images" if r["fit"] == "data-aware"
+                    else "data-free")
+            body.append(f"- {what}: `decompose` **{float(r['decompose_s']):.0f} s** with {r['threads']} threads, "
+                        f"raw top-1 {100 * float(r['top1_before_raw']):.2f}% ({float(r['delta_points']):+.2f} "
+                        f"points against {100 * float(r['top1_base']):.2f}%)")
+        body += ["", f"Measured on {sidecar.get('cpu', 'the CPU')} ({sidecar.get('cpu_count')} cores, "
+                     f"{sidecar.get('cpu_capability', '')}), git {str(sidecar.get('git_sha', ''))[:7]}.", ""]
+    return "\n".join([CALIBRATION_START, *body, CALIBRATION_END])
+
+
 def _replace(text: str, start: str, end: str, block: str) -> str:
     before, rest = text.split(start, 1)
     _, after = rest.split(end, 1)
@@ -302,6 +321,8 @@ def main(argv=None) -> int:
         new = _replace(new, SCALING_START, SCALING_END, render_scaling())
     if COMPAT_START in new and COMPAT_END in new:
         new = _replace(new, COMPAT_START, COMPAT_END, render_compat())
+    if CALIBRATION_START in new and CALIBRATION_END in new:
+        new = _replace(new, CALIBRATION_START, CALIBRATION_END, render_calibration())
     if args.check:
         return 0 if new == text else 1
     if new != text:
