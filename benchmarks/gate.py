@@ -254,10 +254,8 @@ def compare(baseline: dict, record: dict, *, min_effect: float, alpha: float, re
     if flagged:
         fresh = remeasure(flagged)
         again = {cid: decide(cid, fresh) for cid in flagged}
-        pooled = {cid: gate_stats.decide_all(
-            baseline["cases"][cid]["yardsticks"],
-            gate_stats.pool(record["cases"][cid]["yardsticks"], fresh[cid]["yardsticks"]),
-            min_effect=min_effect, alpha=alpha) for cid in flagged}
+        pooled = {cid: decide(cid, {cid: {"yardsticks": gate_stats.pool(
+            record["cases"][cid]["yardsticks"], fresh[cid]["yardsticks"])}}) for cid in flagged}
     verdicts = {}
     for cid, v in first.items():
         a, b = again.get(cid), pooled.get(cid)

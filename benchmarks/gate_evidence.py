@@ -257,10 +257,9 @@ def cmd_table(_args):
     return 0
 
 
-# The evidence, in the order it is made: unchanged and injected runs alternate, so a change of
-# the machine's load over the hour falls on both kinds.
-# (label, injected slowdown, background load): the baseline is saved on a quiet machine, and
-# both kinds of load fall on unchanged and on injected runs.
+# The evidence, in the order it is made, as (label, injected slowdown, background load): the
+# baseline is saved on a quiet machine, then unchanged and injected runs alternate, so each kind
+# of load, and any drift of the machine over the run, falls on both.
 SEQUENCE = (("unchanged-1", None, None), ("slow1.3-1", 1.3, None),
             ("unchanged-2", None, "compute"), ("slow2-1", 2.0, "compute"),
             ("unchanged-3", None, "memory"), ("slow1.3-2", 1.3, "memory"),

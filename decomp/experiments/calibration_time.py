@@ -25,26 +25,23 @@ import torch
 from tqdm.auto import tqdm
 
 from decomp import decompose
-from decomp.experiments.cifar10 import RESULTS
+from decomp.experiments.cifar10 import RESULTS, load_committed_baseline_
 from decomp.experiments.data import Loader, load_cifar10
-from decomp.experiments.reproduce import _eval_top1, leave_out, subset
+from decomp.experiments.reproduce import FAMILIES, _eval_top1, leave_out, subset
 from decomp.experiments.runinfo import atomic_write_text, environment_info, write_sidecar
 from decomp.experiments.zoo import ModelConfig
 
 __all__ = ["measure", "main"]
 
 BASELINE = RESULTS / "cifar10" / "cpu_e40" / "baseline_vgg16_bn_w0.5_bf16.pt"
-METHOD = {"conv": "tucker2", "linear": "svd"}
+METHOD = FAMILIES["tucker2+svd-all"]
 RANK = 1 / 3
 COLUMNS = ("fit", "calibration_images", "threads", "decompose_s", "top1_base", "top1_before_raw",
            "delta_points")
 
 
 def _baseline() -> torch.nn.Module:
-    model = ModelConfig(name="vgg16_bn", width=0.5).build()
-    state = torch.load(BASELINE, map_location="cpu", weights_only=True)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return model.eval()
+    return load_committed_baseline_(ModelConfig(name="vgg16_bn", width=0.5).build(), BASELINE).eval()
 
 
 def measure(model, train, test, images: int, top1_base: float) -> dict:

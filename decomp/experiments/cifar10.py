@@ -142,6 +142,13 @@ def committed_baseline(prof: Profile, mcfg: ModelConfig) -> Path:
     return RESULTS / "cifar10" / prof.name / f"baseline_{mcfg.name}_w{mcfg.width:g}_bf16.pt"
 
 
+def load_committed_baseline_(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Load a committed bf16 ``state_dict`` into ``model`` as float32 (in place; returned)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model
+
+
 def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress: bool) -> tuple:
     """Train (or resume, or read from the cache) the baseline. With ``prof.commit_baseline``, a
     machine without the cache starts from the committed bf16 weights instead of training, and a
@@ -154,9 +161,7 @@ def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress
     committed = committed_baseline(prof, mcfg)
     # rank 0's view of the files decides for every rank (several nodes need not share a disk)
     if distributed.broadcast_object(prof.commit_baseline and not checkpoint.is_file() and committed.is_file()):
-        state = torch.load(committed, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-        model.to(prof.device)
+        load_committed_baseline_(model, committed).to(prof.device)
         test = evaluate(model, data.test, device=prof.device)
         return model.eval(), TrainResult([], test, prof.epochs, prof.epochs, True, True, 0.0, str(committed)), tcfg
     res = train(model, data.train, tcfg, checkpoint=checkpoint, test_data=data.test, device=prof.device,
