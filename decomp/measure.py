@@ -172,8 +172,11 @@ def time_forward(
     ``threads``: torch intra-op threads during the measurement (default: the current
     ``torch.get_num_threads()``), set through ``Timer(num_threads=...)`` and recorded.
     ``min_run_time`` (s) goes to ``Timer.blocked_autorange``; replicates are added until there
-    are at least ``min_runs``. ``channels_last`` converts a *copy* of the input, and the module
-    in place (``module.to(memory_format=...)`` is a no-op on Linear weights). ``warmup`` untimed
+    are at least ``min_runs``. ``channels_last`` is the layout of the timing, weights and input
+    alike: NCHW (``False``) or channels_last (``True``). It converts a *copy* of the input, and
+    the module in place (``module.to(memory_format=...)``; a no-op on Linear weights): a conv
+    runs channels_last when its weight *or* its input is, so a model left channels_last by its
+    training would otherwise be timed channels_last on an NCHW input. ``warmup`` untimed
     calls come first (oneDNN picks and caches its kernels on the first call). On CUDA the Timer's
     default timer calls ``torch.accelerator.synchronize()`` around every block; on CPU the plain
     ``timeit.default_timer`` is used so that a present-but-unused GPU adds no synchronisation.
@@ -204,6 +207,9 @@ def time_forward(
                              f"{tuple(input.shape)}")
         module.to(memory_format=torch.channels_last)
         input = input.contiguous(memory_format=torch.channels_last)
+    else:
+        module.to(memory_format=torch.contiguous_format)
+        input = input.contiguous()
     # Imported here, not at module level: torch.utils.benchmark pulls in torch.utils.cpp_extension,
     # which logs a warning about CUDA_HOME at import on machines without CUDA, and
     # `import decomp` must print nothing.
@@ -293,6 +299,7 @@ def paired_speedups(
     clock: str = "wall",
     warmup: int = 2,
     min_runs: int = 3,
+    channels_last: bool = False,
 ) -> dict[str, Speedup]:
     """Speed-up of every module over ``modules[reference]``, from ``rounds`` short rounds.
 
@@ -302,6 +309,7 @@ def paired_speedups(
     Here each round times every module for ``block_s`` seconds back to back, in alternating
     order (A B C, then C B A: a drift within a round favours none), and yields one ratio per
     module; the median ratio over the rounds is robust to rounds spoilt by a burst of load.
+    ``channels_last``: every module timed in that layout (:func:`time_forward`).
     """
     if reference not in modules:
         raise ValueError(f"reference must be one of {list(modules)}; got {reference!r}")
@@ -313,7 +321,8 @@ def paired_speedups(
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         medians = {n: time_forward(modules[n], input, threads=threads, min_run_time=block_s,
-                                   warmup=warmup if r == 0 else 0, min_runs=min_runs, clock=clock).median
+                                   warmup=warmup if r == 0 else 0, min_runs=min_runs, clock=clock,
+                                   channels_last=channels_last).median
                    for n in order}
         for n in names:
             times[n].append(medians[n])

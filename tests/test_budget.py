@@ -104,6 +104,37 @@ def test_latency_budget_is_measured_and_re_aimed():
     model(torch.randn(1, 3, 16, 16))
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_latency_times_copies_in_its_layout_and_leaves_the_model_alone(channels_last, monkeypatch):
+    """Original and candidates are timed in the budget's layout (a conv runs channels_last when its
+    weight is, so a model trained channels_last would otherwise be timed so against NCHW candidates),
+    and the caller's model keeps its layout and mode."""
+    from decomp import measure
+    seen = []
+    real = measure.time_forward
+
+    def spy(module, x, **kw):
+        out = real(module, x, **kw)
+        seen.append((kw.get("channels_last"), all(  # as it was timed
+            p.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            for p in module.parameters() if p.dim() == 4)))
+        return out
+
+    monkeypatch.setattr(measure, "time_forward", spy)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(32, 32, 3, padding=1)).train()
+    net.to(memory_format=torch.contiguous_format if channels_last else torch.channels_last)  # the other one
+    before = [p.stride() for p in net.parameters()]
+    B.clear_latency_cache()
+    budget = decomp.Latency(1.5, min_run_time=0.01, rounds=1, channels_last=channels_last)
+    model, report = decomp.decompose(net, "tucker2", overrides={"0": None}, input_shape=(1, 3, 8, 8), budget=budget)
+    assert seen and all(s == (channels_last, True) for s in seen)
+    assert [p.stride() for p in net.parameters()] == before and net.training
+    assert "channels_last" in report.budget["target"] if channels_last else "channels_last" not in report.budget["target"]
+    with pytest.raises(ValueError, match="channels_last must be True or False"):
+        decomp.Latency(2, channels_last="yes")
+
+
 def _aim_with(factor, measured_over_aim):
     """``_aim`` on a model whose measured speed-up is ``measured_over_aim`` times the aim."""
     state = {"aim": None}
@@ -186,6 +217,7 @@ def test_budget_factors_must_exceed_one(factory, value):
 def test_parse_budget():
     assert B.parse_budget("macs:4") == decomp.MACs(4.0)
     assert B.parse_budget("latency:2.5") == decomp.Latency(2.5)
-    for bad in ("flops:2", "latency", "macs:x"):
+    assert B.parse_budget("latency-cl:3") == decomp.Latency(3.0, channels_last=True)
+    for bad in ("flops:2", "latency", "macs:x", "latency-nhwc:2"):
         with pytest.raises(ValueError, match="budget"):
             B.parse_budget(bad)

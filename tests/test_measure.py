@@ -96,6 +96,29 @@ def test_time_forward_channels_last_and_inference_mode():
     assert seen and all(s == (True, True, 1) for s in seen)
 
 
+def test_time_forward_times_one_layout_whatever_the_weights_were_left_in():
+    """A conv runs channels_last when its weight is: a model left channels_last by training
+    must still be timed NCHW when asked (the reproduction's baseline and variants came from
+    different places, and mixed layouts moved a measured speed-up by 25%)."""
+    seen = []
+
+    class Probe(nn.Conv2d):
+        def forward(self, x):
+            out = super().forward(x)
+            seen.append((x.is_contiguous(memory_format=torch.channels_last),
+                         out.is_contiguous(memory_format=torch.channels_last)))
+            return out
+
+    probe = Probe(4, 4, 3).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 4, 6, 6)
+    time_forward(probe, x, threads=1, min_run_time=0.002, min_runs=2)
+    assert seen and all(s == (False, False) for s in seen)
+    seen.clear()
+    out = paired_speedups({"a": probe, "b": Probe(4, 4, 1)}, x, "a", rounds=2, block_s=0.002, threads=1,
+                          channels_last=True)
+    assert set(out) == {"b"} and seen and all(s == (True, True) for s in seen)
+
+
 def test_thread_cpu_clock_excludes_waiting():
     class Sleepy(nn.Module):  # sleeps 2 ms per call: wall clock sees it, thread CPU time not
         def forward(self, x):

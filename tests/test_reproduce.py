@@ -85,6 +85,11 @@ def test_run_variant_caches_every_stage(tmp_path, monkeypatch):
     assert shapes(st["model"]) == first != shapes(base)      # the architecture, for the joint timing
     joint = R.joint_cpu_b1(base, {"a": st["model"], "b": st["model"]}, rounds=2, min_run_time=0.02)
     assert set(joint) == {"a", "b"} and all(t["speedup"] > 0 and t["rel_iqr"] >= 0 for t in joint.values())
+    base.to(memory_format=torch.channels_last)  # left so by training: still timed as asked, and copied
+    joint_cl = R.joint_cpu_b1(base, {"a": st["model"]}, rounds=1, min_run_time=0.01, channels_last=True)
+    assert joint_cl["a"]["speedup"] > 0 and joint_cl["a"]["baseline_ms"] > 0
+    assert base.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    base.to(memory_format=torch.contiguous_format)
     (ft / "result.json").unlink()                              # only the timing reruns
     again, st = R.run_variant(base, variant, **kw)
     assert st["decompose_cached"] and st["finetune_cached"]

@@ -20,8 +20,9 @@ from decomp.rank import VBMF, Energy, as_policy
 
 RANK_ALLOWED = ("an int >= 1 (64), a Tucker-2 pair R_IN,R_OUT (32,48), a fraction in (0, 1] (1/3 or 0.25), "
                 "vbmf, vbmf:F with F in [0, 1] (weakened toward the full rank), energy:E with E in (0, 1]")
-BUDGET_ALLOWED = ("macs:X (X times fewer MACs) or latency:X (X times faster, timed at --input-shape on the CPU "
-                  "at --budget-threads threads), X a number > 1 (macs:4, latency:2)")
+BUDGET_ALLOWED = ("macs:X (X times fewer MACs), latency:X (X times faster, timed at --input-shape on the CPU "
+                  "at --budget-threads threads, NCHW) or latency-cl:X (the same, original and decomposed model "
+                  "both timed channels_last), X a number > 1 (macs:4, latency:2)")
 METHOD_ALLOWED = (f"a preset ({', '.join(sorted(METHOD_PRESETS))}) or KIND=METHOD,... with KIND conv, "
                   "conv1x1 or linear and METHOD tucker2, cp, svd or none (e.g. conv=tucker2,linear=svd)")
 

@@ -58,7 +58,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                         help="tucker2 (kxk convs by Tucker-2, 1x1 by SVD), cp, svd (Linear and 1x1 convs), "
                              "or KIND=METHOD,... e.g. conv=tucker2,linear=svd")
     parser.add_argument("--rank", type=parse_rank, metavar="RANK", help=f"{RANK_ALLOWED}; required unless --budget")
-    parser.add_argument("--budget", type=parse_budget, metavar="macs:X|latency:X",
+    parser.add_argument("--budget", type=parse_budget, metavar="macs:X|latency:X|latency-cl:X",
                         help=f"one target for the whole model instead of --rank, the ranks of all layers chosen "
                              f"together: {BUDGET_ALLOWED}")
     parser.add_argument("--budget-threads", type=positive_int, metavar="N",

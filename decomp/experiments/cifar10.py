@@ -330,11 +330,13 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
     for tag, variants in done_models.items():
         start = time.perf_counter()
         joint = joint_cpu_b1(by_tag[tag][0], variants, input_hw=32)
+        joint_cl = joint_cpu_b1(by_tag[tag][0], variants, input_hw=32, channels_last=True)
         stage_s[f"{tag}/joint_timing_s"] = time.perf_counter() - start
         for name, t in joint.items():
             row = done_rows[tag, name][0]
             row["cpu_b1_speedup_alone"] = row.get("cpu_b1_speedup")
             row["cpu_b1_speedup"], row["cpu_b1_joint_rel_iqr"] = t["speedup"], t["rel_iqr"]
+            row["cpu_b1_cl_speedup"] = joint_cl[name]["speedup"]  # baseline and variant both channels_last
         log(f"{tag}: {len(joint)} variants re-timed together at CPU batch 1 "
             f"({stage_s[f'{tag}/joint_timing_s']:.0f} s)")
 

@@ -56,7 +56,7 @@ def summary_columns(df) -> dict:
     for c in df.columns:
         if c.endswith("_speedup"):
             dev, b = c.split("_")[0], c.split("_b")[1].split("_")[0]
-            cols[c] = f"{dev.upper()} b{b} speedup"
+            cols[c] = f"{dev.upper()} b{b} speedup" + (" (channels_last)" if "_cl_" in c else "")
     cols["finetune_lr"] = "FT lr"
     return cols
 
@@ -72,7 +72,8 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s, con
                                       if r["model"] in control_of else None for r in rows]
     extra = {"profile": asdict(prof), "seed": prof.seed, "torch_threads_train": torch.get_num_threads(),
              "timing": {"cpu": "1 thread, thread CPU clock, interleaved with the baseline; cpu_b1_speedup: "
-                               "all variants and the baseline timed together (joint_cpu_b1)",
+                               "all variants and the baseline timed together (joint_cpu_b1), all NCHW; "
+                               "cpu_b1_cl_speedup: the same, all channels_last",
                         "gpu": "wall clock, synchronised" if torch.cuda.is_available() else None},
              "data": {k: data_desc.get(k) for k in ("dataset", "source_kind", "path", "sha256",
                                                     "train_count", "test_count")},
@@ -258,7 +259,9 @@ Profile settings:
   which the baseline and *every* variant are timed together, round by round
   (`decomp.experiments.reproduce.joint_cpu_b1`), so that equal architectures get equal figures
   and machine drift between variants cancels; each variant's own timing is kept as
-  `cpu_b1_speedup_alone`.
+  `cpu_b1_speedup_alone`. Every model is timed NCHW (weights and input), and once more with
+  baseline and variants all channels_last (`cpu_b1_cl_speedup`): the layout a deployment picks
+  when it is faster, and on some CPUs it speeds the baseline up more than its decompositions.
 """ + (f"- Not run for the time budget ({prof.budget_s:g} s): {', '.join(skipped)}.\n" if skipped else "") + control_text(controls) + f"""
 ## Best measured speedups
 

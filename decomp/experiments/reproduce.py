@@ -158,6 +158,7 @@ def subset(split: Split, n: int, seed: int = 0) -> Split:
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:
+    # fp32 and NCHW: time_forward puts weights and input in one layout (NCHW unless asked)
     return copy.deepcopy(model).to("cpu").float().eval()
 
 
@@ -193,9 +194,10 @@ def measure_speedup(
 
 
 def joint_cpu_b1(base: nn.Module, variants: Mapping[str, nn.Module], *, rounds: int = 20,
-                 min_run_time: float = 2.0, input_hw: int = 32) -> dict[str, dict[str, float]]:
+                 min_run_time: float = 2.0, input_hw: int = 32,
+                 channels_last: bool = False) -> dict[str, dict[str, float]]:
     """Every variant and the baseline timed together at CPU batch 1 (1 thread, thread CPU
-    clock), in ``rounds`` paired rounds (:func:`decomp.measure.paired_speedups`: each round
+    clock, all NCHW or, with ``channels_last``, all channels_last), in ``rounds`` paired rounds (:func:`decomp.measure.paired_speedups`: each round
     times all models back to back and gives one ratio per variant; the median over rounds),
     ``min_run_time`` seconds per model in all: ``{name: {"speedup": ..., "rel_iqr": ...}}``.
 
@@ -207,8 +209,9 @@ def joint_cpu_b1(base: nn.Module, variants: Mapping[str, nn.Module], *, rounds: 
     models = {"baseline": _cpu_copy(base), **{n: _cpu_copy(m) for n, m in variants.items()}}
     x = torch.randn(1, 3, input_hw, input_hw, generator=torch.Generator().manual_seed(0))
     t = paired_speedups(models, x, "baseline", rounds=rounds, block_s=min_run_time / rounds, threads=1,
-                        clock="thread_cpu")
-    return {n: {"speedup": t[n].median, "rel_iqr": t[n].rel_iqr} for n in variants}
+                        clock="thread_cpu", channels_last=channels_last)
+    return {n: {"speedup": t[n].median, "rel_iqr": t[n].rel_iqr, "ms": 1e3 * t[n].seconds,
+                "baseline_ms": 1e3 * t[n].reference_seconds} for n in variants}
 
 
 # ----------------------------------------------------------------------------------------
