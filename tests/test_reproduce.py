@@ -254,11 +254,15 @@ def test_control_fine_tunes_the_undecomposed_baseline_alike(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # a copy was trained
     assert row["variant"] == "baseline+ft" and row["finetune_epochs"] == 1 and row["finetune_lr"] == P.CONTROL_LR
     assert row["delta_points"] == pytest.approx(100 * (row["top1_after"] - 0.5)) and not row["cached"]
-    key = "ft-e1-n64-bs32-lr0.04"  # no distillation in the control, whatever the variants use
-    assert (tmp_path / "baseline+ft" / key / "finetune.pt").is_file()
+    key = "ft-e1-n64-bs32-lr0.04-kd0.5-T4"  # the variants' distillation, from the frozen baseline
+    assert (tmp_path / "baseline+ft" / key / "finetune.pt").is_file() and row["finetune_distill"] == 0.5
     assert C.finetune_control(base, info, prof, data, data, tmp_path, progress=False)["cached"]
     text = O.control_text([row])
     assert "m: 50.00% ->" in text and "after 1 epoch(s)" in text and O.control_text([]) == ""
+    assert "distilling from the frozen baseline at alpha 0.5" in text
+    plain = C.finetune_control(base, info, replace(prof, ft_distill=0.0), data, data, tmp_path, progress=False)
+    assert (tmp_path / "baseline+ft" / "ft-e1-n64-bs32-lr0.04" / "finetune.pt").is_file()
+    assert plain["finetune_distill"] == 0 and "no distillation" in O.control_text([plain])
 
 
 def test_script_models_override_is_checked():

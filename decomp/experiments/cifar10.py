@@ -98,7 +98,8 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
                         "cross-entropy + ALPHA * T^2 * KL at temperature 4 (decomp.experiments.train.DistillLoss)")
     p.add_argument("--ft-control", action="store_true", default=None,
                    help="control: also fine-tune each undecomposed baseline with the same settings "
-                        "(no distillation), so the gain from the extra epochs alone is measured")
+                        "(distilling from the frozen baseline when --ft-distill is on), so the gain from the "
+                        "extra training alone is measured")
     p.add_argument("--variants", type=lambda v: tuple(x for x in v.split(",") if x),
                    help="run only these variants of the grid, comma-separated names as in summary.csv "
                         "(e.g. tucker2+svd-all@vbmf)")
@@ -178,18 +179,22 @@ def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress
 
 def finetune_control(base, base_info: dict, prof: Profile, ft_train, test, cache: Path, progress: bool) -> dict:
     """Fine-tune a copy of the undecomposed baseline exactly as the variants are (lr of the
-    Tucker-2/SVD families, no distillation): how much of a variant's recovery is extra training.
-    Cached and resumable like every fine-tuning."""
-    config = finetune_config(replace(prof, ft_distill=0.0), CONTROL_LR)
+    Tucker-2/SVD families, the same epochs, images and distillation): how much of a variant's
+    recovery is extra training. With ``prof.ft_distill`` the copy distils from the frozen
+    baseline, as every variant does; a distilled variant against an undistilled control would
+    credit the distillation to the decomposition. Cached and resumable like every fine-tuning."""
+    config = finetune_config(prof, CONTROL_LR)
     model = copy.deepcopy(base)
+    teacher = copy.deepcopy(base).eval() if config.distill else None  # train() moves and freezes it
     checkpoint = cache / "baseline+ft" / finetune_key(config, len(ft_train)) / "finetune.pt"
     res = train(model, ft_train, config, checkpoint=checkpoint, test_data=test, device=prof.device,
-                model_config={"base": base_info["model_config"], "variant": "baseline+ft"}, progress=progress)
+                model_config={"base": base_info["model_config"], "variant": "baseline+ft"}, progress=progress,
+                teacher=teacher)
     top1 = res.test["accuracy"]
     return {"model": base_info["model"], "variant": "baseline+ft", "top1_base": base_info["top1"],
             "top1_after": top1, "delta_points": 100 * (top1 - base_info["top1"]),
             "finetune_epochs": config.epochs, "finetune_images": len(ft_train), "finetune_lr": config.lr,
-            "finetune_s": sum(h["seconds"] for h in res.history), "cached": res.skipped}
+            "finetune_distill": config.distill, "finetune_s": sum(h["seconds"] for h in res.history), "cached": res.skipped}
 
 
 def select_variants(prof: Profile) -> list:

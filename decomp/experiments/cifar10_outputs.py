@@ -142,12 +142,17 @@ def control_text(controls) -> str:
     if not controls:
         return ""
     lines = ["- Control (`control.csv`): each undecomposed baseline fine-tuned exactly like the variants "
-             f"(lr {CONTROL_LR:g}, no distillation). Part of a variant's recovery is this extra "
+             f"(lr {CONTROL_LR:g}{control_distill_text(controls)}). Part of a variant's recovery is this extra "
              "training; its Δ against the control is the cost of the decomposition itself:"]
     for c in controls:
         lines.append(f"  - {c['model']}: {100 * c['top1_base']:.2f}% -> {100 * c['top1_after']:.2f}% "
                      f"({c['delta_points']:+.2f} points) after {c['finetune_epochs']} epoch(s)")
     return "\n".join(lines) + "\n"
+
+
+def control_distill_text(controls) -> str:
+    alpha = controls[0].get("finetune_distill", 0.0)  # rows written before it existed: no distillation
+    return f", distilling from the frozen baseline at alpha {alpha:g}" if alpha else ", no distillation"
 
 
 def compute_seconds(stage_s: dict) -> float:
