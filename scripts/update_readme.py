@@ -148,9 +148,9 @@ def follow_up_lines() -> list[str]:
 
 
 def _speed_label(col: str) -> str:
-    """``"cpu_b256_speedup"`` -> ``"CPU b256"``."""
+    """``"cpu_b256_speedup"`` -> ``"CPU b256"``, ``"cpu_b1_cl_speedup"`` -> ``"CPU b1 channels_last"``."""
     device, batch = col.split("_")[:2]
-    return f"{device.upper()} {batch}"
+    return f"{device.upper()} {batch}" + (" channels_last" if col.endswith("_cl_speedup") else "")
 
 
 def _cifar_rows(rows) -> list[str]:
@@ -182,7 +182,20 @@ def _cifar_rows(rows) -> list[str]:
     return out + [""] + tucker_lines
 
 
-ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
+ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1", "cpu_e40_ft12")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
+
+
+def retime_lines(run: Path) -> list[str]:
+    """One line per ``RUN/retime/<cpu>.csv`` (scripts/retime_cifar10.py): the run's variants
+    re-timed on another CPU, NCHW and channels_last."""
+    lines = []
+    for path in sorted((run / "retime").glob("*.csv")):
+        side = json.loads(path.with_name(path.name + ".json").read_text())
+        cells = [f"{r['variant']} x{float(r['cpu_b1_speedup']):.2f} NCHW, x{float(r['cpu_b1_cl_speedup']):.2f} "
+                 f"channels_last (x{float(r['cpu_b1_speedup_as_run']):.2f} as run)" for r in read_csv(path)]
+        lines.append(f"- re-timed at CPU batch 1 on {_timed_on(side)} ([`{path.relative_to(ROOT).with_suffix('.md')}`]"
+                     f"({path.relative_to(ROOT).with_suffix('.md')}), `{side.get('command')}`): " + "; ".join(cells))
+    return lines + ([""] if lines else [])
 
 
 def accuracy_at_speed_lines() -> list[str]:
@@ -199,13 +212,15 @@ def accuracy_at_speed_lines() -> list[str]:
         base = next(r for r in rows if r["variant"] == "baseline")
         c = control.get(base["model"])
         epochs = next((r["finetune_epochs"] for r in rows if r["variant"] != "baseline"), "?")
+        cl = any(r.get("cpu_b1_cl_speedup") not in (None, "", "nan") for r in rows)  # runs since channels_last timing
         lines += [f"**Accuracy at speed, `{name}`** ([`results/cifar10/{name}/`](results/cifar10/{name}/README.md); "
                   f"`{side.get('command')}`; timed on {_timed_on(side)}): {base['model']} baseline "
                   f"{100 * float(base['top1_after']):.2f}%"
                   + (f", control (fine-tuned alike, {c['finetune_epochs']} epochs) {100 * float(c['top1_after']):.2f}%"
                      if c else "") + f"; every variant fine-tuned {int(float(epochs))} epochs:", "",
                   "| variant | fit | top-1 decomposed | after BN recal. | after FT | Δ vs baseline | Δ vs control "
-                  "| MACs × | CPU b1 speed-up |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| MACs × | CPU b1 speed-up |" + (" CPU b1, all channels_last |" if cl else ""),
+                  "|---|---|---|---|---|---|---|---|---|" + ("---|" if cl else "")]
         for r in rows:
             if r["variant"] == "baseline":
                 continue
@@ -213,8 +228,10 @@ def accuracy_at_speed_lines() -> list[str]:
             lines.append(f"| {r['variant']} | {r.get('fit') or 'data-free'} | {100 * float(r['top1_before_raw']):.2f}% "
                          f"| {100 * float(r['top1_before']):.2f}% | {100 * float(r['top1_after']):.2f}% "
                          f"| {float(r['delta_points']):+.2f} | {vs_control} | x{float(r['macs_x']):.2f} "
-                         f"| **x{float(r['cpu_b1_speedup']):.2f}** |")
+                         f"| **x{float(r['cpu_b1_speedup']):.2f}** |"
+                         + (f" x{float(r['cpu_b1_cl_speedup']):.2f} |" if cl else ""))
         lines.append("")
+        lines += retime_lines(path.parent)
     for name, what in (("macs", "`decomp.MACs(x)` on torchvision's VGG16 at 224 (MACs reached)"),
                        ("latency", "`decomp.Latency(x)`, re-timed in a fresh process against the original")):
         path = ROOT / f"results/budget/{name}.csv"

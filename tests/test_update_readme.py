@@ -1,0 +1,43 @@
+"""scripts/update_readme.py: the README's results are quoted from results/, and kept current."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def U():
+    spec = importlib.util.spec_from_file_location("update_readme", ROOT / "scripts" / "update_readme.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_committed_readme_quotes_the_committed_results(U):
+    # a result committed without `python scripts/update_readme.py` leaves the README stale
+    assert U.main(["--check"]) == 0, "README.md is out of date: run python scripts/update_readme.py"
+
+
+def test_speed_labels_name_the_layout(U):
+    assert U._speed_label("cpu_b256_speedup") == "CPU b256"
+    assert U._speed_label("gpu_b1_speedup") == "GPU b1"
+    assert U._speed_label("cpu_b1_cl_speedup") == "CPU b1 channels_last"
+
+
+def test_retime_lines_quote_each_cpu_with_its_sidecar(U, tmp_path, monkeypatch):
+    monkeypatch.setattr(U, "ROOT", tmp_path)
+    run = tmp_path / "results" / "cifar10" / "r"
+    assert U.retime_lines(run) == []  # never re-timed: nothing to say
+    (run / "retime").mkdir(parents=True)
+    (run / "retime" / "cpu-a.csv").write_text(
+        "model,variant,cpu_b1_speedup_as_run,cpu_b1_speedup,cpu_b1_cl_speedup\n"
+        "m,v@latency-x3,3.9,3.01,2.63\n")
+    (run / "retime" / "cpu-a.csv.json").write_text(json.dumps(
+        {"cpu": "Some CPU", "cpu_count": 2, "cpu_capability": "AVX2", "command": "python scripts/retime_cifar10.py r"}))
+    [line, blank] = U.retime_lines(run)
+    assert blank == "" and "Some CPU (2 cores, AVX2" in line and "results/cifar10/r/retime/cpu-a.md" in line
+    assert "v@latency-x3 x3.01 NCHW, x2.63 channels_last (x3.90 as run)" in line
