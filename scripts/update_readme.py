@@ -193,8 +193,9 @@ def retime_lines(run: Path) -> list[str]:
         side = json.loads(path.with_name(path.name + ".json").read_text())
         cells = [f"{r['variant']} x{float(r['cpu_b1_speedup']):.2f} NCHW, x{float(r['cpu_b1_cl_speedup']):.2f} "
                  f"channels_last (x{float(r['cpu_b1_speedup_as_run']):.2f} as run)" for r in read_csv(path)]
-        lines.append(f"- re-timed at CPU batch 1 on {_timed_on(side)} ([`{path.relative_to(ROOT).with_suffix('.md')}`]"
-                     f"({path.relative_to(ROOT).with_suffix('.md')}), `{side.get('command')}`): " + "; ".join(cells))
+        table = path.relative_to(ROOT).with_suffix(".md")
+        lines.append(f"- re-timed at CPU batch 1 on {_timed_on(side)} ([`{table}`]({table}), "
+                     f"`{side.get('command')}`): " + "; ".join(cells))
     return lines + ([""] if lines else [])
 
 

@@ -151,7 +151,8 @@ def control_text(controls) -> str:
 
 
 def control_distill_text(controls) -> str:
-    alpha = controls[0].get("finetune_distill", 0.0)  # rows written before it existed: no distillation
+    # one profile per run, so one alpha for every control; rows from before the column: none
+    alpha = controls[0].get("finetune_distill", 0.0)
     return f", distilling from the frozen baseline at alpha {alpha:g}" if alpha else ", no distillation"
 
 
