@@ -127,14 +127,12 @@ def follow_up_lines() -> list[str]:
                 base_line = f"- {r['model']} baseline top-1 {100 * float(r['top1_after']):.2f}%"
                 c = controls.get(r["model"])
                 if c:
-                    base_line += (f"; control, the baseline fine-tuned alike for {c['finetune_epochs']} epochs "
-                                  f"without decomposing: {100 * float(c['top1_after']):.2f}% "
+                    base_line += (f"; control, the baseline fine-tuned alike for {c['finetune_epochs']} epochs"
+                                  f"{_distilled(c)} without decomposing: {100 * float(c['top1_after']):.2f}% "
                                   f"({float(c['delta_points']):+.2f} points)")
                 lines.append(base_line)
                 continue
-            distill = float(r.get("finetune_distill") or 0)
-            how = f"{int(float(r['finetune_epochs']))} fine-tuning epochs" + (
-                f", distilled from the baseline (alpha {distill:g})" if distill else "")
+            how = f"{int(float(r['finetune_epochs']))} fine-tuning epochs{_distilled(r)}"
             c = controls.get(r["model"])
             against = (f" ({100 * (float(r['top1_after']) - float(c['top1_after'])):+.2f} against the control)"
                        if c else "")
@@ -182,7 +180,13 @@ def _cifar_rows(rows) -> list[str]:
     return out + [""] + tucker_lines
 
 
-ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1", "cpu_e40_ft12")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
+ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1", "cpu_e40_ft12", "cpu_e40_kd4")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
+
+
+def _distilled(row: dict) -> str:
+    """``", distilled from the baseline (alpha 0.5)"`` for a row fine-tuned with distillation, else ``""``."""
+    alpha = float(row.get("finetune_distill") or 0)
+    return f", distilled from the baseline (alpha {alpha:g})" if alpha else ""
 
 
 def retime_lines(run: Path) -> list[str]:
@@ -217,8 +221,9 @@ def accuracy_at_speed_lines() -> list[str]:
         lines += [f"**Accuracy at speed, `{name}`** ([`results/cifar10/{name}/`](results/cifar10/{name}/README.md); "
                   f"`{side.get('command')}`; timed on {_timed_on(side)}): {base['model']} baseline "
                   f"{100 * float(base['top1_after']):.2f}%"
-                  + (f", control (fine-tuned alike, {c['finetune_epochs']} epochs) {100 * float(c['top1_after']):.2f}%"
-                     if c else "") + f"; every variant fine-tuned {int(float(epochs))} epochs:", "",
+                  + (f", control (fine-tuned alike, {c['finetune_epochs']} epochs{_distilled(c)}) "
+                     f"{100 * float(c['top1_after']):.2f}%" if c else "")
+                  + f"; every variant fine-tuned {int(float(epochs))} epochs{_distilled(rows[-1])}:", "",
                   "| variant | fit | top-1 decomposed | after BN recal. | after FT | Δ vs baseline | Δ vs control "
                   "| MACs × | CPU b1 speed-up |" + (" CPU b1, all channels_last |" if cl else ""),
                   "|---|---|---|---|---|---|---|---|---|" + ("---|" if cl else "")]

@@ -41,3 +41,8 @@ def test_retime_lines_quote_each_cpu_with_its_sidecar(U, tmp_path, monkeypatch):
     [line, blank] = U.retime_lines(run)
     assert blank == "" and "Some CPU (2 cores, AVX2" in line and "results/cifar10/r/retime/cpu-a.md" in line
     assert "v@latency-x3 x3.01 NCHW, x2.63 channels_last (x3.90 as run)" in line
+
+
+def test_distillation_is_named_where_it_was_used(U):
+    assert U._distilled({"finetune_distill": "0.5"}) == ", distilled from the baseline (alpha 0.5)"
+    assert U._distilled({"finetune_distill": "0.0"}) == U._distilled({}) == U._distilled({"finetune_distill": ""}) == ""
