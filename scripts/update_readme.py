@@ -180,7 +180,7 @@ def _cifar_rows(rows) -> list[str]:
     return out + [""] + tucker_lines
 
 
-ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1", "cpu_e40_ft12", "cpu_e40_kd4")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
+ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1", "cpu_e40_ft12", "cpu_e40_kd4", "cpu_e40_ft20")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
 
 
 def _distilled(row: dict) -> str:
