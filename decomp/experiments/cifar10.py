@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from decomp.cli._config import ArgumentParser
-from decomp.experiments import distributed
+from decomp.experiments import control_reuse, distributed
 from decomp.experiments.cifar10_outputs import write_outputs
 from decomp.experiments.data import load_cifar10
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
@@ -100,6 +100,10 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
                    help="control: also fine-tune each undecomposed baseline with the same settings "
                         "(distilling from the frozen baseline when --ft-distill is on), so the gain from the "
                         "extra training alone is measured")
+    p.add_argument("--control-from", type=Path, metavar="RUN",
+                   help="reuse the control of an earlier run (RUN/control.csv) instead of training it, "
+                        "after checking that its baseline, fine-tuning settings, data and training code are "
+                        "this run's (decomp.experiments.control_reuse); a difference is refused before any work")
     p.add_argument("--variants", type=lambda v: tuple(x for x in v.split(",") if x),
                    help="run only these variants of the grid, comma-separated names as in summary.csv "
                         "(e.g. tucker2+svd-all@vbmf)")
@@ -226,9 +230,14 @@ def main(argv=None, prog: str | None = None) -> None:
     the CPU, NCCL on GPUs) and leaves it at the end."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a shared CPU
     prof, args = parse(argv, prog)
-    try:  # a bad --variants or a missing --data fails now, not after training
+    try:  # a bad --variants, a missing --data or a control that cannot be reused fails now, not after training
         grid = select_variants(prof)
         path = data_path(prof, args.data)
+        args.control_source = None
+        if args.control_from is not None:
+            args.control_source = control_reuse.load(args.control_from)
+            control_reuse.check_recipe(args.control_source, without_emulated_bf16(prof))
+            control_reuse.check_code(args.control_source, REPO)
     except UsageError as e:
         args.parser.error(str(e))
     distributed.init_from_env()
@@ -238,6 +247,14 @@ def main(argv=None, prog: str | None = None) -> None:
         distributed.cleanup()
 
 
+def without_emulated_bf16(prof: Profile) -> Profile:
+    """``prof`` with bf16 autocast off where the CPU has no native bf16: emulated bf16 crawls, so
+    such a machine trains in float32 (another fine-tuning setting, cached apart)."""
+    if prof.amp_cpu and torch.device(prof.device).type == "cpu" and not cpu_has_native_bf16():
+        return replace(prof, amp_cpu=False)
+    return prof
+
+
 def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, argv) -> None:
     t0 = time.perf_counter()
     main_rank = distributed.is_main()
@@ -245,9 +262,8 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
     stage_s: dict = {}
     log = (lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")) if main_rank else (  # noqa: E731
         lambda msg: None)
-    if prof.amp_cpu and torch.device(prof.device).type == "cpu" and not cpu_has_native_bf16():
-        # emulated bf16 crawls: train in float32 (another fine-tuning setting, cached apart)
-        prof = replace(prof, amp_cpu=False)
+    if without_emulated_bf16(prof) is not prof:
+        prof = without_emulated_bf16(prof)
         log("bf16 autocast off: this CPU has no native bf16 (avx512_bf16 / amx_bf16); training in float32")
     if distributed.active():
         log(f"torchrun: {distributed.world_size()} processes ({torch.distributed.get_backend()}), "
@@ -261,6 +277,12 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
     ft_train = subset(data.train, prof.ft_images, prof.seed)
     stage_s["data"] = time.perf_counter() - start
     log(f"data: {data.description['dataset']}, {len(data.train)} train / {len(test)} test")
+    reuse = getattr(args, "control_source", None)
+    if reuse is not None:
+        try:
+            control_reuse.check_data(reuse, data.description)
+        except UsageError as e:
+            args.parser.error(str(e))
     # Checkpoints are only valid for the data they were trained on: key the run cache by it.
     args.cache = args.cache / f"data-{data_key(data.description)}"
     if distributed.world_size() > 1:  # per-shard batch norms give other weights: a cache of their own
@@ -283,7 +305,16 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
         models.append((tag, base, base_info))
         if args.baseline_only:
             continue
-        if prof.ft_control:
+        if reuse is not None:
+            try:
+                controls.append(control_reuse.reused_control(reuse, base_info, finetune_config(prof, CONTROL_LR),
+                                                             len(ft_train)))
+            except UsageError as e:
+                args.parser.error(str(e))
+            stage_s[f"{tag}/control"] = {"seconds": 0.0, "cached": True, "reused_from": controls[-1]["source"],
+                                         "finetune_s": controls[-1]["finetune_s"]}
+            log(f"{tag} control reused from {controls[-1]['source']}: top-1 {100 * controls[-1]['top1_after']:.2f}%")
+        elif prof.ft_control:
             start = time.perf_counter()
             controls.append(finetune_control(base, base_info, prof, ft_train, test, args.cache / tag, progress))
             stage_s[f"{tag}/control"] = {"seconds": time.perf_counter() - start, "cached": controls[-1]["cached"],

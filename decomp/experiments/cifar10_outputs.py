@@ -146,7 +146,10 @@ def control_text(controls) -> str:
              "training; its Δ against the control is the cost of the decomposition itself:"]
     for c in controls:
         lines.append(f"  - {c['model']}: {100 * c['top1_base']:.2f}% -> {100 * c['top1_after']:.2f}% "
-                     f"({c['delta_points']:+.2f} points) after {c['finetune_epochs']} epoch(s)")
+                     f"({c['delta_points']:+.2f} points) after {c['finetune_epochs']} epoch(s)"
+                     + (f"; reused from `{c['source']}` (git {str(c.get('source_git_sha'))[:7]}), whose baseline, "
+                        "fine-tuning settings, data and training code `--control-from` checked to be this run's"
+                        if c.get("source") else ""))
     return "\n".join(lines) + "\n"
 
 
