@@ -127,6 +127,11 @@ def test_claims_markdown_is_computed_from_the_table():
     assert "no CP variant is both as fast and as accurate as tucker2-conv@vbmf" in text
     assert "MACs x3.00, Δ -0.20 points" in text and "**not reproduced**" in text  # claim 4: 3 < 4.93
     assert f"cp-conv {R.FINETUNE_LR['cp-conv']:g}" in text
+    df = _fake_summary()
+    df["cpu_b1_cl_speedup"] = df["cpu_b1_speedup"] / 2  # the same batch in the other layout gets its own label
+    text = R.claims_markdown(df)
+    assert "Verdict (CPU batch 1, channels_last, ≤ 3 points lost): **reproduced**: x2.25." in text
+    assert "Verdict (CPU batch 1, ≤ 3 points lost): **reproduced**: x4.50." in text
 
 
 def test_plot_is_written(tmp_path):

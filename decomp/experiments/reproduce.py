@@ -424,7 +424,8 @@ def _speed_columns(df) -> list[tuple[str, str]]:
     names = []
     for c in sorted(cols, key=lambda c: (not c.startswith("cpu"), int(c.split("_b")[1].split("_")[0]))):
         dev, b = c.split("_")[0], c.split("_b")[1].split("_")[0]
-        names.append((c, f"{dev.upper()} batch {b}"))
+        layout = ", channels_last" if c.endswith("_cl_speedup") else ""  # cpu_b1_cl_speedup
+        names.append((c, f"{dev.upper()} batch {b}{layout}"))
     return names
 
 
