@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 
 from decomp.cli._config import ArgumentParser
 from decomp.experiments import control_reuse, distributed
+from decomp.experiments.fixed_ranks import parse_ranks_from
 from decomp.experiments.cifar10_outputs import write_outputs
 from decomp.experiments.data import load_cifar10
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
-from decomp.experiments.reproduce import finetune_key, joint_cpu_b1, run_variant, subset, variant_table
+from decomp.experiments.reproduce import FINETUNE_LR, Variant, finetune_key, joint_cpu_b1, run_variant, subset, variant_table
 from decomp.experiments.runinfo import atomic_torch_save, write_sidecar
 from decomp.experiments.train import TrainConfig, TrainResult, cpu_has_native_bf16, evaluate, train
 from decomp.experiments.zoo import ModelConfig
@@ -104,6 +105,10 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
                    help="reuse the control of an earlier run (RUN/control.csv) instead of training it, "
                         "after checking that its baseline, fine-tuning settings, data and training code are "
                         "this run's (decomp.experiments.control_reuse); a difference is refused before any work")
+    p.add_argument("--ranks-from", metavar="RUN:VARIANT",
+                   help="also run a committed run's architecture: VARIANT's per-layer ranks from RUN/layers.csv, "
+                        "fitted data-aware again on this run's calibration images (decomp.experiments.fixed_ranks); "
+                        "e.g. results/cifar10/cpu_e40:tucker2+svd-all@latency-x3")
     p.add_argument("--variants", type=lambda v: tuple(x for x in v.split(",") if x),
                    help="run only these variants of the grid, comma-separated names as in summary.csv "
                         "(e.g. tucker2+svd-all@vbmf)")
@@ -201,11 +206,12 @@ def finetune_control(base, base_info: dict, prof: Profile, ft_train, test, cache
             "finetune_distill": config.distill, "finetune_s": sum(h["seconds"] for h in res.history), "cached": res.skipped}
 
 
-def select_variants(prof: Profile) -> list:
-    """The profile's grid (``decomp.experiments.reproduce.variant_table``), narrowed to ``prof.variants``."""
+def select_variants(prof: Profile, extra=()) -> list:
+    """The profile's grid (``decomp.experiments.reproduce.variant_table``) and ``extra`` variants
+    (``--ranks-from``), narrowed to ``prof.variants``."""
     table = variant_table(prof.fractions, vbmf=prof.vbmf, cp_vbmf=prof.cp_vbmf,
                           **({"families": prof.families} if prof.families else {}),
-                          aware=prof.aware, budgets=prof.budgets)
+                          aware=prof.aware, budgets=prof.budgets) + list(extra)
     if prof.variants:
         unknown = sorted(set(prof.variants) - {v.name for v in table})
         if unknown:
@@ -231,7 +237,13 @@ def main(argv=None, prog: str | None = None) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl on a shared CPU
     prof, args = parse(argv, prog)
     try:  # a bad --variants, a missing --data or a control that cannot be reused fails now, not after training
-        grid = select_variants(prof)
+        extra = []
+        if args.ranks_from is not None:
+            fixed = parse_ranks_from(args.ranks_from)
+            for name, width in prof.models:
+                fixed.overrides(f"{name}_w{width:g}")  # every model of this run must be in it
+            extra.append(Variant(fixed.family, None, FINETUNE_LR[fixed.family], aware=True, fixed=fixed))
+        grid = select_variants(prof, extra)
         path = data_path(prof, args.data)
         args.control_source = None
         if args.control_from is not None:

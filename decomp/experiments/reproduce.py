@@ -74,6 +74,7 @@ class Variant:
     lr: float          # peak fine-tuning lr per 512 images
     aware: bool = False       # fit the factors to calibration data (decompose(calibration=...))
     budget: str | None = None  # one whole-model target instead of rank, e.g. "latency:2" (decomp.budget.parse_budget)
+    fixed: Any = None          # a committed run's per-layer ranks (decomp.experiments.fixed_ranks.FixedRanks)
 
     @property
     def method(self) -> dict[str, str]:
@@ -81,6 +82,8 @@ class Variant:
 
     @property
     def rank_label(self) -> str:
+        if self.fixed is not None:
+            return self.fixed.label
         if self.budget:
             kind, _, factor = self.budget.partition(":")
             return f"{kind}-x{factor}"
@@ -293,7 +296,8 @@ def run_variant(
     if distributed.is_main():
         model, dec, stages["decompose_cached"] = _decomposed(
             base, variant, cache, train_data=train_data, test_data=test_data, device=device, input_hw=input_hw,
-            bn_batches=bn_batches, min_speedup=min_speedup, progress=progress, calibration_images=calibration_images)
+            bn_batches=bn_batches, min_speedup=min_speedup, progress=progress, calibration_images=calibration_images,
+            model_tag=(base_info or {}).get("model"))
     if distributed.active():
         shared = distributed.broadcast_object(
             (dec, {k: v.cpu() for k, v in model.state_dict().items()}, stages["decompose_cached"])
@@ -310,7 +314,8 @@ def run_variant(
 
 
 def _decomposed(base: nn.Module, variant: Variant, cache: Path, *, train_data: Split, test_data: Split, device,
-                input_hw: int, bn_batches: int, min_speedup, progress: bool, calibration_images: int):
+                input_hw: int, bn_batches: int, min_speedup, progress: bool, calibration_images: int,
+                model_tag: str | None = None):
     """Stage (1) of :func:`run_variant`: (decomposed model, its record dict, whether it was cached)."""
     start = time.perf_counter()
     dec_file, dec_pt = cache / "decomposed.json", cache / "decomposed.pt"
@@ -325,8 +330,11 @@ def _decomposed(base: nn.Module, variant: Variant, cache: Path, *, train_data: S
             guided["calibration"] = [x for x, _ in Loader(images, 256, train=False, device=device)]
         if variant.budget:
             guided["budget"] = parse_budget(variant.budget)
+        overrides = leave_out(base)
+        if variant.fixed is not None:  # every layer at the committed run's rank, or left as it was there
+            overrides.update(variant.fixed.overrides(model_tag))
         model, report = decompose(base, method=variant.method, rank=None if variant.budget else variant.rank,
-                                  overrides=leave_out(base), input_shape=(1, 3, input_hw, input_hw),
+                                  overrides=overrides, input_shape=(1, 3, input_hw, input_hw),
                                   min_speedup=min_speedup, progress=progress, **guided)
         seconds = time.perf_counter() - start
         top1_raw = _eval_top1(model, test_data, device)
