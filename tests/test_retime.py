@@ -51,3 +51,8 @@ def test_retime_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 def test_cpu_tag_is_a_plain_file_name():
     assert RT.cpu_tag({"cpu": "AMD EPYC 9R14 (Genoa)", "cpu_capability": "AVX512"}) == "amd-epyc-9r14-genoa-avx512"
+    # a vague name gets the family and model: two generations behind "AMD EPYC" keep apart files
+    ident = {"family": 23, "model": 1}
+    assert RT.cpu_tag({"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cpu_identity": ident}) == "amd-epyc-f23m1-avx2"
+    assert RT.cpu_tag({"cpu": "AMD EPYC 7R13", "cpu_capability": "AVX2", "cpu_identity": ident}) == "amd-epyc-7r13-avx2"
+    assert RT.cpu_tag({"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cpu_identity": None}) == "amd-epyc-avx2"

@@ -121,3 +121,14 @@ def test_write_artifacts_writes_each_file_with_its_sidecar(tmp_path):
     for name in ("a.csv", "b.md"):
         info = json.loads((tmp_path / f"{name}.json").read_text())
         assert info["artifact"] == name and info["seed"] == 3
+
+
+def test_cpu_identity_reads_the_first_processor():
+    from decomp.experiments.runinfo import cpu_identity
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+            "stepping\t: 2\ncpu MHz\t\t: 1996.249\ncache size\t: 512 KB\n\nprocessor\t: 1\ncpu family\t: 99\n")
+    assert cpu_identity(text) == {"vendor": "AuthenticAMD", "family": 23, "model": 1, "stepping": 2, "mhz": 1996,
+                                  "cache": "512 KB"}
+    assert cpu_identity("") is None
+    assert cpu_identity("processor\t: 0\nmodel\t: x\n")["model"] is None  # unreadable fields are None

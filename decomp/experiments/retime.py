@@ -41,9 +41,15 @@ COLUMNS = ("model", "variant", "macs_x", "top1_after", "delta_control_points", "
 
 
 def cpu_tag(info: dict | None = None) -> str:
-    """A file name for this CPU: its model and vector ISA, e.g. ``amd-epyc-avx2``."""
+    """A file name for this CPU: its model and vector ISA, e.g. ``amd-epyc-avx2``; where the model
+    name has no number in it (a virtual machine's "AMD EPYC"), its family and model too,
+    ``amd-epyc-f23m1-avx2``, so that two generations behind one name keep apart files."""
     info = info or environment_info()
-    text = f"{info.get('cpu') or 'cpu'}-{info.get('cpu_capability') or ''}".lower()
+    name = info.get("cpu") or "cpu"
+    ident = info.get("cpu_identity") or {}
+    if not re.search(r"\d", name) and ident.get("family") is not None and ident.get("model") is not None:
+        name += f" f{ident['family']}m{ident['model']}"
+    text = f"{name}-{info.get('cpu_capability') or ''}".lower()
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 

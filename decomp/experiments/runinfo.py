@@ -118,6 +118,39 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_identity(text: str | None = None) -> dict[str, Any] | None:
+    """Vendor, family, model, stepping, clock (MHz) and cache of the first CPU in ``/proc/cpuinfo``
+    (``text``: its contents, for tests); None where there is none. A virtual machine's model name
+    can be as vague as "AMD EPYC": family 23 model 1 (Zen 1, 2.0 GHz) and another EPYC behind the
+    same name timed the CIFAR VGG16-BN of ``results/cifar10/cpu_e40`` at batch 1 about 2x apart,
+    and its latency-x3 architecture x2.4 and x3.2 faster (``RUN/retime/``), so the sidecars say
+    which it was."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    first: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if first:
+                break
+            continue
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    if not first:
+        return None
+
+    def number(key, kind=int):
+        try:
+            return kind(first[key])
+        except (KeyError, ValueError):
+            return None
+    mhz = number("cpu MHz", float)
+    return {"vendor": first.get("vendor_id"), "family": number("cpu family"), "model": number("model"),
+            "stepping": number("stepping"), "mhz": None if mhz is None else round(mhz), "cache": first.get("cache size")}
+
+
 def _version(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -150,6 +183,7 @@ def environment_info() -> dict[str, Any]:
         # "AMD EPYC" names several generations: the vector ISA torch uses tells them apart
         # (batch-1 speed-ups of many small convs differ by 2-3x between an AVX2 and an AVX-512 one)
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_identity": cpu_identity(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": gpu,
