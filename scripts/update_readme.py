@@ -79,7 +79,10 @@ def _timed_on(sidecar: dict) -> str:
     """The machine a run's speedups were timed on, from its sidecar."""
     gpu = f" and {sidecar['gpu']['name']}" if sidecar.get("gpu") else ""
     isa = f", {sidecar['cpu_capability']}" if sidecar.get("cpu_capability") else ""
-    return f"{sidecar['cpu']} ({sidecar['cpu_count']} cores{isa}, timed at 1 thread){gpu}"
+    ident = sidecar.get("cpu_identity") or {}  # sidecars since the CPU's family and model were recorded
+    family = (f", family {ident['family']} model {ident['model']}, {ident['mhz']} MHz"
+              if ident.get("family") is not None and ident.get("mhz") else "")
+    return f"{sidecar['cpu']} ({sidecar['cpu_count']} cores{isa}{family}, timed at 1 thread){gpu}"
 
 
 def _speed_columns(rows) -> list[str]:
@@ -180,7 +183,8 @@ def _cifar_rows(rows) -> list[str]:
     return out + [""] + tucker_lines
 
 
-ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1", "cpu_e40_ft12", "cpu_e40_kd4", "cpu_e40_ft20")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
+ACCURACY_RUNS = ("cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1", "cpu_e40_ft12", "cpu_e40_kd4", "cpu_e40_ft20",
+                 "cpu_e40_ft20_ranks")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
 
 
 def _distilled(row: dict) -> str:
@@ -223,6 +227,8 @@ def accuracy_at_speed_lines() -> list[str]:
                   f"{100 * float(base['top1_after']):.2f}%"
                   + (f", control (fine-tuned alike, {c['finetune_epochs']} epochs{_distilled(c)}) "
                      f"{100 * float(c['top1_after']):.2f}%" if c else "")
+                  + (f" (reused from [`{c['source']}`]({c['source']}/README.md), the same recipe: `--control-from`)"
+                     if c and c.get("source") else "")
                   + f"; every variant fine-tuned {int(float(epochs))} epochs{_distilled(rows[-1])}:", "",
                   "| variant | fit | top-1 decomposed | after BN recal. | after FT | Δ vs baseline | Δ vs control "
                   "| MACs × | CPU b1 speed-up |" + (" CPU b1, all channels_last |" if cl else ""),
