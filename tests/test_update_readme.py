@@ -46,3 +46,10 @@ def test_retime_lines_quote_each_cpu_with_its_sidecar(U, tmp_path, monkeypatch):
 def test_distillation_is_named_where_it_was_used(U):
     assert U._distilled({"finetune_distill": "0.5"}) == ", distilled from the baseline (alpha 0.5)"
     assert U._distilled({"finetune_distill": "0.0"}) == U._distilled({}) == U._distilled({"finetune_distill": ""}) == ""
+
+
+def test_the_machine_line_gives_family_and_clock_where_the_sidecar_has_them(U):
+    side = {"cpu": "AMD EPYC", "cpu_count": 2, "cpu_capability": "AVX2"}
+    assert U._timed_on(side) == "AMD EPYC (2 cores, AVX2, timed at 1 thread)"  # sidecars from before
+    side["cpu_identity"] = {"family": 23, "model": 1, "mhz": 1996}
+    assert U._timed_on(side) == "AMD EPYC (2 cores, AVX2, family 23 model 1, 1996 MHz, timed at 1 thread)"
