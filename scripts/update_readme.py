@@ -207,6 +207,30 @@ def retime_lines(run: Path) -> list[str]:
     return lines + ([""] if lines else [])
 
 
+def ranks_source_lines(command: str) -> list[str]:
+    """For a run made with ``--ranks-from RUN:VARIANT``: where its architecture came from and how
+    fast that architecture was timed there (its run and every re-timing), from RUN's files."""
+    words = command.split()
+    if "--ranks-from" not in words or words.index("--ranks-from") + 1 >= len(words):
+        return []
+    run_text, _, variant = words[words.index("--ranks-from") + 1].rpartition(":")
+    run = ROOT / run_text
+    if not (run / "summary.csv").exists():
+        return []
+    row = next((r for r in read_csv(run / "summary.csv") if r["variant"] == variant), None)
+    if row is None:
+        return []
+    side = json.loads((run / "summary.csv.json").read_text())
+    timings = [f"x{float(row['cpu_b1_speedup']):.2f} in its run on {_timed_on(side)}"]
+    for path in sorted((run / "retime").glob("*.csv")):
+        again = next((r for r in read_csv(path) if r["variant"] == variant), None)
+        if again is not None:
+            where = _timed_on(json.loads(path.with_name(path.name + ".json").read_text()))
+            timings.append(f"x{float(again['cpu_b1_speedup']):.2f} re-timed on {where}")
+    return [f"- the architecture is `{variant}` of [`{run_text}`]({run_text}/README.md) (MACs x{float(row['macs_x']):.2f}), "
+            f"timed at CPU batch 1 NCHW: " + "; ".join(timings), ""]
+
+
 def accuracy_at_speed_lines() -> list[str]:
     """Per run: every variant against the baseline and the control, raw / BN-recalibrated /
     fine-tuned top-1, MACs and measured CPU batch-1 speed-up, then the budget checks."""
@@ -243,6 +267,7 @@ def accuracy_at_speed_lines() -> list[str]:
                          f"| **x{float(r['cpu_b1_speedup']):.2f}** |"
                          + (f" x{float(r['cpu_b1_cl_speedup']):.2f} |" if cl else ""))
         lines.append("")
+        lines += ranks_source_lines(side.get("command") or "")
         lines += retime_lines(path.parent)
     for name, what in (("macs", "`decomp.MACs(x)` on torchvision's VGG16 at 224 (MACs reached)"),
                        ("latency", "`decomp.Latency(x)`, re-timed in a fresh process against the original")):

@@ -53,3 +53,18 @@ def test_the_machine_line_gives_family_and_clock_where_the_sidecar_has_them(U):
     assert U._timed_on(side) == "AMD EPYC (2 cores, AVX2, timed at 1 thread)"  # sidecars from before
     side["cpu_identity"] = {"family": 23, "model": 1, "mhz": 1996}
     assert U._timed_on(side) == "AMD EPYC (2 cores, AVX2, family 23 model 1, 1996 MHz, timed at 1 thread)"
+
+
+def test_a_run_with_ranks_from_says_where_its_architecture_was_timed(U, tmp_path, monkeypatch):
+    monkeypatch.setattr(U, "ROOT", tmp_path)
+    src = tmp_path / "results" / "cifar10" / "src"
+    (src / "retime").mkdir(parents=True)
+    (src / "summary.csv").write_text("model,variant,macs_x,cpu_b1_speedup\nm,baseline,1,\nm,f@latency-x3,3.6,3.9\n")
+    (src / "summary.csv.json").write_text(json.dumps({"cpu": "Fast CPU", "cpu_count": 2}))
+    (src / "retime" / "slow.csv").write_text("model,variant,cpu_b1_speedup\nm,f@latency-x3,2.4\n")
+    (src / "retime" / "slow.csv.json").write_text(json.dumps({"cpu": "Slow CPU", "cpu_count": 2}))
+    assert U.ranks_source_lines("python scripts/reproduce_cifar10.py --profile x") == []
+    [line, blank] = U.ranks_source_lines("python s.py --ranks-from results/cifar10/src:f@latency-x3 --out o")
+    assert "`f@latency-x3` of [`results/cifar10/src`]" in line and "(MACs x3.60)" in line
+    assert "x3.90 in its run on Fast CPU" in line and "x2.40 re-timed on Slow CPU" in line
+    assert U.ranks_source_lines("python s.py --ranks-from results/cifar10/src:f@nope") == []

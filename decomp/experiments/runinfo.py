@@ -122,7 +122,7 @@ def cpu_identity(text: str | None = None) -> dict[str, Any] | None:
     """Vendor, family, model, stepping, clock (MHz) and cache of the first CPU in ``/proc/cpuinfo``
     (``text``: its contents, for tests); None where there is none. A virtual machine's model name
     can be as vague as "AMD EPYC": family 23 model 1 (Zen 1, 2.0 GHz) and another EPYC behind the
-    same name timed the CIFAR VGG16-BN of ``results/cifar10/cpu_e40`` at batch 1 about 2x apart,
+    same name timed the CIFAR VGG16-BN of ``results/cifar10/cpu_e40`` at batch 1 1.5-2x apart,
     and its latency-x3 architecture x2.4 and x3.2 faster (``RUN/retime/``), so the sidecars say
     which it was."""
     if text is None:
