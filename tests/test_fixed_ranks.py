@@ -67,11 +67,11 @@ def test_run_variant_fits_the_committed_architecture_again(tmp_path):
                  torch.randint(0, 10, (64,), generator=g))
     fixed = parse_ranks_from(f"{SMOKE}:{SOURCE}")
     variant = R.Variant(fixed.family, None, 0.01, aware=True, fixed=fixed)
-    row, st = R.run_variant(alexnet_cifar(width=1 / 16).eval(), variant, train_data=data, test_data=data,
-                            cache=tmp_path, finetune=TrainConfig(epochs=1, batch_size=32, lr=0.01),
-                            timing={"cpu_batches": (1,), "min_run_time": 0.01, "rounds": 1, "gpu": False},
-                            base_info={"model": "alexnet_w0.0625", "top1": 0.1}, progress=False,
-                            calibration_images=64)
+    _, st = R.run_variant(alexnet_cifar(width=1 / 16).eval(), variant, train_data=data, test_data=data,
+                          cache=tmp_path, finetune=TrainConfig(epochs=1, batch_size=32, lr=0.01),
+                          timing={"cpu_batches": (1,), "min_run_time": 0.01, "rounds": 1, "gpu": False},
+                          base_info={"model": "alexnet_w0.0625", "top1": 0.1}, progress=False,
+                          calibration_images=64)
     got = {r["name"]: (r["method"] or "", "" if r["ranks"] is None else json.dumps(list(r["ranks"]) if isinstance(
         r["ranks"], (list, tuple)) else r["ranks"])) for r in st["records"]}
     want = {n: (m, r if m and r else "") for n, (m, r) in source_layers("alexnet_w0.0625").items()}

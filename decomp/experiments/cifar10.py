@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from decomp.cli._config import ArgumentParser
 from decomp.experiments import control_reuse, distributed
-from decomp.experiments.fixed_ranks import parse_ranks_from
 from decomp.experiments.cifar10_outputs import write_outputs
 from decomp.experiments.data import load_cifar10
+from decomp.experiments.fixed_ranks import parse_ranks_from
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
 from decomp.experiments.reproduce import FINETUNE_LR, Variant, finetune_key, joint_cpu_b1, run_variant, subset, variant_table
 from decomp.experiments.runinfo import atomic_torch_save, write_sidecar
@@ -274,8 +274,9 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
     stage_s: dict = {}
     log = (lambda msg: tqdm.write(f"[{time.perf_counter() - t0:7.0f} s] {msg}")) if main_rank else (  # noqa: E731
         lambda msg: None)
-    if without_emulated_bf16(prof) is not prof:
-        prof = without_emulated_bf16(prof)
+    effective = without_emulated_bf16(prof)
+    if effective is not prof:
+        prof = effective
         log("bf16 autocast off: this CPU has no native bf16 (avx512_bf16 / amx_bf16); training in float32")
     if distributed.active():
         log(f"torchrun: {distributed.world_size()} processes ({torch.distributed.get_backend()}), "
