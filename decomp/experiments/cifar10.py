@@ -39,6 +39,7 @@ from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_
 from decomp.experiments.reproduce import FINETUNE_LR, Variant, finetune_key, joint_cpu_b1, run_variant, subset, variant_table
 from decomp.experiments.runinfo import atomic_torch_save, write_sidecar
 from decomp.experiments.train import TrainConfig, TrainResult, cpu_has_native_bf16, evaluate, train
+from decomp.experiments.usage import UsageError
 from decomp.experiments.zoo import ModelConfig
 from decomp.measure import count_macs, count_params
 
@@ -69,11 +70,6 @@ def parse_models(text: str) -> tuple:
     if not models:
         raise argparse.ArgumentTypeError("name at least one model, e.g. vgg16_bn:0.5")
     return tuple(models)
-
-
-class UsageError(ValueError):
-    """A bad argument found after parsing (``--variants``, ``--data``): ``main`` turns it into the
-    parser's one-line error, exit code 2. The message starts with ``argument --NAME:``."""
 
 
 def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespace]:

@@ -19,6 +19,8 @@ import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
+from decomp.experiments.usage import UsageError, argument_error
+
 __all__ = ["RECIPE_FIELDS", "TRAINING_CODE", "ControlSource", "load", "check_recipe", "check_data", "check_code",
            "reused_control"]
 
@@ -39,10 +41,8 @@ class ControlSource:
         self.run, self.rows, self.sidecar = run, rows, sidecar
 
 
-def _usage(msg: str) -> ValueError:
-    from decomp.experiments.cifar10 import UsageError  # noqa: PLC0415 (cifar10 imports this module)
-
-    return UsageError(f"argument --control-from: {msg}")
+def _usage(msg: str) -> UsageError:
+    return argument_error("--control-from", msg)
 
 
 def load(run: str | Path) -> ControlSource:

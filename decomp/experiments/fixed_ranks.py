@@ -15,13 +15,13 @@ import csv
 import json
 from pathlib import Path
 
+from decomp.experiments.usage import UsageError, argument_error
+
 __all__ = ["FixedRanks", "parse_ranks_from"]
 
 
-def _usage(msg: str) -> ValueError:
-    from decomp.experiments.cifar10 import UsageError  # noqa: PLC0415 (cifar10 imports this module)
-
-    return UsageError(f"argument --ranks-from: {msg}")
+def _usage(msg: str) -> UsageError:
+    return argument_error("--ranks-from", msg)
 
 
 class FixedRanks:
