@@ -218,6 +218,9 @@ def test_script_overrides_variants_fine_tuning_epochs_and_speed_guard(tmp_path):
     distilled, _ = C.parse(["--profile", "cpu", "--ft-distill", "0.9"])
     assert P.finetune_config(distilled, 0.04).distill == 0.9
     assert "distils from the baseline: 0.1 x" in O.distill_text(distilled) and not O.distill_text(default)
+    assert P.PROFILES["cpu_e40"].amp_cpu and C.parse(["--profile", "cpu_e40"])[0].amp_cpu
+    assert C.parse(["--profile", "cpu_e40", "--no-amp-cpu"])[0].amp_cpu is False
+    assert C.parse(["--profile", "cpu", "--amp-cpu"])[0].amp_cpu is True
 
 
 def test_run_variant_distils_from_the_baseline_into_its_own_cache(tmp_path, monkeypatch):

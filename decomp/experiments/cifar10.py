@@ -93,6 +93,10 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
     p.add_argument("--ft-distill", type=float, metavar="ALPHA",
                    help="fine-tune with knowledge distillation from the baseline: loss = (1 - ALPHA) * "
                         "cross-entropy + ALPHA * T^2 * KL at temperature 4 (decomp.experiments.train.DistillLoss)")
+    p.add_argument("--amp-cpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast for training on the CPU (default: the profile's; off anyway where the "
+                        "CPU has no native bf16). --no-amp-cpu trains in float32 on any CPU, as a control "
+                        "fine-tuned on a machine without native bf16 was")
     p.add_argument("--ft-control", action="store_true", default=None,
                    help="control: also fine-tune each undecomposed baseline with the same settings "
                         "(distilling from the frozen baseline when --ft-distill is on), so the gain from the "
@@ -118,7 +122,7 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
     prof = PROFILES[a.profile]
     over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
                               ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs), ("ft_distill", a.ft_distill),
-                              ("ft_control", a.ft_control), ("models", a.models),
+                              ("ft_control", a.ft_control), ("amp_cpu", a.amp_cpu), ("models", a.models),
                               ("variants", a.variants)) if v is not None}
     prof = replace(prof, **over)
     # Under torchrun the default output is the profile's plus the process count: a data-parallel
