@@ -110,3 +110,14 @@ def test_time_calibration_checks_images_and_threads_before_reading_data(capsys, 
              "argument --images: '0,1024'; allowed: comma-separated integers >= 1")
     _refused(capsys, timing.main, ["--data", "x", "--images", "many"], "argument --images: 'many'")
     _refused(capsys, timing.main, ["--data", "x", "--threads", "0"], "argument --threads: '0'; allowed: an int >= 1")
+
+
+def test_layer_sensitivity_checks_its_arguments_before_reading_data(capsys, monkeypatch):
+    script = _script("layer_sensitivity")
+    from decomp.experiments import layer_sensitivity
+    monkeypatch.setattr(layer_sensitivity, "load_cifar10", lambda *a, **k: pytest.fail("data was read"))
+    _refused(capsys, script.main, ["--data", "x", "--rank", "3"], "argument --rank: '3'; allowed: a fraction")
+    _refused(capsys, script.main, ["--data", "x", "--rank", "1/0"], "argument --rank: '1/0'")
+    _refused(capsys, script.main, ["--data", "x", "--images", "0"], "argument --images: '0'; allowed: an int >= 1")
+    _refused(capsys, script.main, ["--data", "x", "--refine-steps", "-1"], "argument --refine-steps: '-1'")
+    _refused(capsys, script.main, ["--data", "x", "--refine-above", "nan"], "argument --refine-above: 'nan'")
