@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -353,7 +354,34 @@ def render_calibration() -> str:
                         f"points against {100 * float(r['top1_base']):.2f}%)")
         body += ["", f"Measured on {sidecar.get('cpu', 'the CPU')} ({sidecar.get('cpu_count')} cores, "
                      f"{sidecar.get('cpu_capability', '')}), git {str(sidecar.get('git_sha', ''))[:7]}.", ""]
+    body += sensitivity_lines()
     return "\n".join([CALIBRATION_START, *body, CALIBRATION_END])
+
+
+def sensitivity_lines() -> list[str]:
+    """Each layer alone, from results/calibration/layer_sensitivity.csv (scripts/layer_sensitivity.py):
+    the sum of the one-layer drops per fit, and the layers trained against the logits."""
+    path = ROOT / "results/calibration/layer_sensitivity.csv"
+    if not path.exists():
+        return []
+    rows, side = read_csv(path), json.loads(path.with_name(path.name + ".json").read_text())
+    drop = {(r["layer"], r["fit"]): float(r["delta_points"]) for r in rows}
+    table = "results/calibration/layer_sensitivity.md"
+    lines = [f"Each layer alone at rank {Fraction(side.get('rank', 0)).limit_denominator(100)} (every other layer "
+             f"as it is; [`{table}`]({table}), `{side.get('command')}`), raw top-1 points against the baseline:"]
+    for fit in dict.fromkeys(r["fit"] for r in rows):
+        mine = [(r["layer"], drop[(r["layer"], fit)]) for r in rows if r["fit"] == fit]
+        worst = min(mine, key=lambda m: m[1])
+        lines.append(f"- {fit}: {len(mine)} layers, sum of the one-layer drops **{sum(d for _, d in mine):+.2f}**, "
+                     f"most {worst[1]:+.2f} ({worst[0]})")
+    refined = [r for r in rows if r["fit"] == "data-aware+logits"]
+    if refined:
+        lines.append(f"- the {len(refined)} layers that lose most, data-aware then trained against the original's "
+                     f"logits ({refined[0]['refine_steps']} Adam steps on the calibration images; the ceiling of a "
+                     "layer-wise fit, not part of `decompose`): "
+                     + "; ".join(f"{r['layer']} {drop[(r['layer'], 'data-aware')]:+.2f} -> {float(r['delta_points']):+.2f}"
+                                 for r in refined if (r["layer"], "data-aware") in drop))
+    return lines + ["", f"Measured on {_timed_on(side)}, git {str(side.get('git_sha', ''))[:7]}.", ""]
 
 
 def _replace(text: str, start: str, end: str, block: str) -> str:

@@ -68,3 +68,23 @@ def test_a_run_with_ranks_from_says_where_its_architecture_was_timed(U, tmp_path
     assert "`f@latency-x3` of [`results/cifar10/src`]" in line and "(MACs x3.60)" in line
     assert "x3.90 in its run on Fast CPU" in line and "x2.40 re-timed on Slow CPU" in line
     assert U.ranks_source_lines("python s.py --ranks-from results/cifar10/src:f@nope") == []
+
+
+def test_sensitivity_lines_sum_each_fit_and_pair_the_refined_layers(U, tmp_path, monkeypatch):
+    monkeypatch.setattr(U, "ROOT", tmp_path)
+    assert U.sensitivity_lines() == []
+    out = tmp_path / "results" / "calibration"
+    out.mkdir(parents=True)
+    (out / "layer_sensitivity.csv").write_text(
+        "layer,fit,refine_steps,delta_points\na,data-free,0,-20\nb,data-free,0,-1.5\na,data-aware,0,-1.25\n"
+        "b,data-aware,0,-0.25\na,data-aware+logits,300,-1.0\n")
+    (out / "layer_sensitivity.csv.json").write_text(json.dumps({"rank": 1 / 3, "command": "python s.py",
+                                                                 "cpu": "Some CPU", "cpu_count": 2,
+                                                                 "git_sha": "abcdef123"}))
+    lines = U.sensitivity_lines()
+    assert lines[0].startswith("Each layer alone at rank 1/3 ")
+    assert "- data-free: 2 layers, sum of the one-layer drops **-21.50**, most -20.00 (a)" in lines
+    assert "- data-aware: 2 layers, sum of the one-layer drops **-1.50**, most -1.25 (a)" in lines
+    assert any("the 1 layers that lose most" in x and "(300 Adam steps" in x and x.endswith("a -1.25 -> -1.00")
+               for x in lines)
+    assert "git abcdef1" in lines[-2]
