@@ -88,3 +88,21 @@ def test_sensitivity_lines_sum_each_fit_and_pair_the_refined_layers(U, tmp_path,
     assert any("the 1 layers that lose most" in x and "(300 Adam steps" in x and x.endswith("a -1.25 -> -1.00")
                for x in lines)
     assert "git abcdef1" in lines[-2]
+
+
+def test_frontier_lines_pick_the_closest_to_control_at_each_speed(U, tmp_path, monkeypatch):
+    monkeypatch.setattr(U, "ROOT", tmp_path)
+    monkeypatch.setattr(U, "ACCURACY_RUNS", ("a", "b"))
+    assert U.frontier_lines() == []
+    for run, rows, control in (("a", "m,v1,0.88,-0.5,2.1\nm,v2,0.86,-2.5,3.5\n", "0.885"),
+                               ("b", "m,v3,0.875,-1.0,3.1\nm,v4,0.89,0.5,1.9\n", "0.884")):
+        d = tmp_path / "results" / "cifar10" / run
+        d.mkdir(parents=True)
+        (d / "summary.csv").write_text("model,variant,top1_after,delta_points,cpu_b1_speedup\nm,baseline,0.88,0,\n" + rows)
+        (d / "summary.csv.json").write_text(json.dumps({"cpu": f"CPU {run}", "cpu_count": 2}))
+        (d / "control.csv").write_text(f"model,top1_after\nm,{control}\n")
+    head, _, x2, x3, _ = U.frontier_lines()
+    assert head.startswith("Best reached")
+    assert "**>= x2**" in x2 and "`a` v1 (m)" in x2 and "**-0.50 points against the control**" in x2
+    assert "**x2.10** timed in its run on CPU a" in x2  # v4 is closer to its control but not x2 fast
+    assert "**>= x3**" in x3 and "`b` v3" in x3 and "-0.90 points" in x3 and "-1.00 against the baseline" in x3
