@@ -31,7 +31,7 @@ from decomp.experiments.reproduce import FAMILIES, _eval_top1, leave_out, subset
 from decomp.experiments.runinfo import atomic_write_text, environment_info, write_sidecar
 from decomp.experiments.zoo import ModelConfig
 
-__all__ = ["measure", "main"]
+__all__ = ["measure", "data_arguments", "main"]
 
 BASELINE = RESULTS / "cifar10" / "cpu_e40" / "baseline_vgg16_bn_w0.5_bf16.pt"
 METHOD = FAMILIES["tucker2+svd-all"]
@@ -102,11 +102,16 @@ def _threads(text: str) -> int:
     return n
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python scripts/time_calibration.py", description=__doc__.split("\n")[0])
+def data_arguments(p: argparse.ArgumentParser) -> None:
+    """``--data`` and ``--data-cache``: the CIFAR-10 the committed baseline is measured on."""
     p.add_argument("--data", required=True, help="CIFAR-10: the JPEG .tar.gz, a folder of class folders, or "
                                                  "cifar-10-batches-py")
     p.add_argument("--data-cache", default=".cache/decomp", help="decoded-data cache (default .cache/decomp)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python scripts/time_calibration.py", description=__doc__.split("\n")[0])
+    data_arguments(p)
     p.add_argument("--images", type=_sizes, default=[1024, 2048],
                    help="comma-separated calibration set sizes (default 1024,2048)")
     p.add_argument("--threads", type=_threads, default=2, help="torch threads (default 2: this machine's cores)")

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from decomp import decompose
 from decomp.report import LayerReport
-from decomp.experiments.calibration_time import BASELINE, METHOD, _baseline, _threads
+from decomp.experiments.calibration_time import BASELINE, METHOD, _baseline, _threads, data_arguments
 from decomp.experiments.data import Loader, load_cifar10
 from decomp.experiments.reproduce import _eval_top1, leave_out, subset
 from decomp.experiments.cifar10 import RESULTS
@@ -199,9 +199,7 @@ def _at_least(kind, low):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python scripts/layer_sensitivity.py", description=__doc__.split("\n")[0])
-    p.add_argument("--data", required=True, help="CIFAR-10: the JPEG .tar.gz, a folder of class folders, or "
-                                                 "cifar-10-batches-py")
-    p.add_argument("--data-cache", default=".cache/decomp", help="decoded-data cache (default .cache/decomp)")
+    data_arguments(p)
     p.add_argument("--rank", type=_rank, default=1 / 3, help="fraction of each layer's rank (default 1/3)")
     p.add_argument("--images", type=_at_least(int, 1), default=2048, help="calibration images (default 2048)")
     p.add_argument("--refine-above", type=_at_least(float, 0), default=0.3,
