@@ -61,7 +61,7 @@ def test_main_refines_the_layers_that_lose_most_and_resumes(tmp_path, monkeypatc
     def fake(model, name, fit, rank, cal_images, test, top1_base, steps):
         calls.append((name, fit))
         drop = 1.0 if (name, fit) == ("features.7", "data-aware") else 0.1
-        info = L.LayerReport(name, "geometry", "tucker2", (1, 1), 1, 1, 1, 1)
+        info = L.LayerReport(name, "geometry", "tucker2", (1, 1), 1, 1, 1, 1, info={"output_rel_error": 0.25})
         return L._row(name, info, fit, len(cal_images), steps if fit == L.FITS[2] else 0, 0.5, 0.5 - drop / 100, 1.0)
     monkeypatch.setattr(L, "measure", fake)
     argv = ["--data", "x", "--images", "8", "--out", str(tmp_path), "--refine-above", "0.5"]
@@ -72,6 +72,7 @@ def test_main_refines_the_layers_that_lose_most_and_resumes(tmp_path, monkeypatc
     rows = list(csv.DictReader((tmp_path / "layer_sensitivity.csv").open()))
     assert [(r["layer"], r["fit"]) for r in rows] == [(n, f) for f in L.FITS[:2] for n in names] + \
         [("features.7", L.FITS[2])]
+    assert rows[-1]["output_rel_error"] == "" and rows[0]["refine_steps"] == "0"
     md = (tmp_path / "layer_sensitivity.md").read_text()
     assert f"data-aware: {len(names)} layers, sum of the one-layer drops {-(1 + 0.1 * (len(names) - 1)):+.2f}" in md
     assert (tmp_path / "layer_sensitivity.csv.json").is_file()
