@@ -109,9 +109,23 @@ def test_git_sha_from_the_environment_wins(monkeypatch):
     assert info["git_sha"] == "abc123" and info["git_dirty"] is None
     monkeypatch.delenv("DECOMP_GIT_SHA")
     assert environment_info()["git_sha"] != "abc123"
+    monkeypatch.setattr(runinfo, "STARTED_ON", None)  # not read at import: read at each call
     monkeypatch.setattr(runinfo, "_git", lambda *args: None)
     info = environment_info()
     assert info["git_sha"] is None and info["git_dirty"] is None
+
+
+def test_sidecars_name_the_commit_the_process_started_on(monkeypatch):
+    """A long run's sidecars, written at its end, name the commit its code was imported from,
+    not one committed while it ran."""
+    from decomp.experiments import runinfo
+
+    monkeypatch.delenv("DECOMP_GIT_SHA", raising=False)
+    assert runinfo.STARTED_ON is not None and runinfo.STARTED_ON[0] == runinfo.git_state()[0]
+    monkeypatch.setattr(runinfo, "_git", lambda *args: "f" * 40 if args[0] == "rev-parse" else " M decomp/x.py")
+    assert runinfo.git_state() == ("f" * 40, True)  # HEAD has moved on and the tree is dirty now
+    info = environment_info()
+    assert (info["git_sha"], info["git_dirty"]) == runinfo.STARTED_ON
 
 
 def test_write_artifacts_writes_each_file_with_its_sidecar(tmp_path):

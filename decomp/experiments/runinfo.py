@@ -108,6 +108,19 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def git_state() -> tuple[str | None, bool | None]:
+    """``(HEAD's sha, whether tracked files outside results/ differ from it)``, read now; ``None``
+    where git cannot tell. results/ is left out: a run rewrites its own tracked result files."""
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)results")
+    return _git("rev-parse", "HEAD"), None if status is None else bool(status)
+
+
+# The git state of the tree this process imported its code from, read once when this module is
+# first imported (every script imports it before its long work). A run of half an hour writes
+# its sidecars at the end: by then HEAD may have moved on, but the code that ran is this one.
+STARTED_ON: tuple[str | None, bool | None] | None = git_state()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -170,12 +183,10 @@ def environment_info() -> dict[str, Any]:
     # A tree copied to another machine (a GPU box) may carry no .git or a stale one: there the
     # sender's DECOMP_GIT_SHA names the commit that really runs, and the local git state is moot.
     sender_sha = os.environ.get("DECOMP_GIT_SHA") or None
-    # results/ is left out of the dirty check: a run rewrites its own tracked result files.
-    status = None if sender_sha else _git("status", "--porcelain", "--untracked-files=no", "--", ":/",
-                                          ":(top,exclude)results")
+    sha, dirty = (sender_sha, None) if sender_sha else (STARTED_ON or git_state())
     return {
-        "git_sha": sender_sha or _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        "git_sha": sha,
+        "git_dirty": dirty,
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in _PACKAGES},
         "platform": platform.platform(),
