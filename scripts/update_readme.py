@@ -411,7 +411,11 @@ def sensitivity_lines() -> list[str]:
                      "layer-wise fit, not part of `decompose`): "
                      + "; ".join(f"{r['layer']} {drop[(r['layer'], 'data-aware')]:+.2f} -> {float(r['delta_points']):+.2f}"
                                  for r in refined if (r["layer"], "data-aware") in drop))
-    return lines + ["", f"Measured on {_timed_on(side)}, git {str(side.get('git_sha', ''))[:7]}.", ""]
+    ident = side.get("cpu_identity") or {}
+    family = f", family {ident['family']} model {ident['model']}" if ident.get("family") is not None else ""
+    return lines + ["", f"Measured on {side.get('cpu', 'the CPU')} ({side.get('cpu_count')} cores, "
+                        f"{side.get('cpu_capability', '')}{family}) with {side.get('torch_threads')} torch threads, "
+                        f"git {str(side.get('git_sha', ''))[:7]}.", ""]
 
 
 def _replace(text: str, start: str, end: str, block: str) -> str:

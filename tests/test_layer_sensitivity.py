@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from decomp.experiments import layer_sensitivity as L
 from decomp.experiments.data import CIFAR10Data, Split
 from decomp.experiments.zoo import vgg16_bn_cifar
+from decomp.report import LayerReport
 
 
 def _tiny():
@@ -61,7 +62,7 @@ def test_main_refines_the_layers_that_lose_most_and_resumes(tmp_path, monkeypatc
     def fake(model, name, fit, rank, cal_images, test, top1_base, steps):
         calls.append((name, fit))
         drop = 1.0 if (name, fit) == ("features.7", "data-aware") else 0.1
-        info = L.LayerReport(name, "geometry", "tucker2", (1, 1), 1, 1, 1, 1, info={"output_rel_error": 0.25})
+        info = LayerReport(name, "geometry", "tucker2", (1, 1), 1, 1, 1, 1, info={"output_rel_error": 0.25})
         return L._row(name, info, fit, len(cal_images), steps if fit == L.FITS[2] else 0, 0.5, 0.5 - drop / 100, 1.0)
     monkeypatch.setattr(L, "measure", fake)
     argv = ["--data", "x", "--images", "8", "--out", str(tmp_path), "--refine-above", "0.5"]
