@@ -142,7 +142,7 @@ def test_plot_is_written(tmp_path):
 def test_script_profiles_and_outputs_with_sidecars(tmp_path):
     prof, args = C.parse(["--profile", "cpu", "--epochs", "3", "--out", str(tmp_path)])
     assert prof.epochs == 3 and prof.name == "cpu" and args.cache == Path(".cache/decomp/cifar10/cpu")
-    assert set(P.PROFILES) == {"smoke", "cpu", "cpu_e40", "gpu"} and P.PROFILES["gpu"].device == "cuda"
+    assert set(P.PROFILES) == {"smoke", "cpu", "cpu_e40", "cpu_w1", "gpu"} and P.PROFILES["gpu"].device == "cuda"
     df = _fake_summary()
     df["model"] = "m"
     layers = [{"model": "m", "variant": "cp-conv@1-3", "name": "features.3", "layer": "Conv2d",
