@@ -303,3 +303,81 @@ def test_committed_baseline_is_written_once_and_read_on_a_machine_without_the_ca
     again, res2, _ = C.train_baseline(mcfg, prof, data, tmp_path / "other-cache", progress=False)
     assert res2.skipped and res2.history == [] and not (tmp_path / "other-cache").exists()
     assert abs(res2.test["accuracy"] - res.test["accuracy"]) <= 0.02
+
+
+def test_decompose_variant_is_the_stage_run_variant_fine_tunes(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    base = alexnet_cifar(width=1 / 16).eval()
+    data = _tiny_data()
+    variant = R.Variant("tucker2+svd-all", 0.5, 0.01)
+    model, dec, cached = R.decompose_variant(base, variant, tmp_path, train_data=data, test_data=data,
+                                             bn_batches=1, progress=False)
+    assert not cached and dec["bn_batches"] == 1 and 0 <= dec["top1_before_raw"] <= 1
+    assert (tmp_path / variant.name / "bn1" / "decomposed.json").is_file()
+    info = {"top1": 0.5, "params": R.count_params(base), "macs": R.count_macs(base, (1, 3, 32, 32))}
+    row = R.before_row("tiny", info, variant, dec)
+    assert row["delta_raw_points"] == pytest.approx(100 * (dec["top1_before_raw"] - 0.5))
+    assert row["delta_recal_points"] == pytest.approx(100 * (dec["top1_before"] - 0.5))
+    assert row["macs_x"] > 1 and row["fit"] == "data-free" and row["ranks"] == "1/2"
+
+    def fail(*a, **k):
+        raise AssertionError("decompose must not run again")
+
+    monkeypatch.setattr(R, "decompose", fail)  # the later full run fine-tunes this very decomposition
+    again, dec2, cached = R.decompose_variant(base, variant, tmp_path, train_data=data, test_data=data,
+                                              bn_batches=1, progress=False)
+    assert cached and dec2 == dec
+    row, st = R.run_variant(base, variant, train_data=data, test_data=data, cache=tmp_path, bn_batches=1,
+                            finetune=TrainConfig(epochs=1, batch_size=32, lr=0.01), progress=False,
+                            timing={"cpu_batches": (1,), "min_run_time": 0.01, "rounds": 1, "gpu": False},
+                            base_info={"model": "tiny", "top1": 0.5})
+    assert st["decompose_cached"] and row["top1_before_raw"] == dec["top1_before_raw"]
+
+
+def test_decompose_only_writes_the_before_table_and_stops_before_fine_tuning(tmp_path, monkeypatch):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    fast_joint = R.joint_cpu_b1
+    monkeypatch.setattr(C, "joint_cpu_b1", lambda *a, **k: fast_joint(*a, **{**k, "rounds": 1, "min_run_time": 0.01}))
+
+    def no_fine_tuning(*a, **k):
+        raise AssertionError("--decompose-only trains the baseline only")
+
+    monkeypatch.setattr(R, "train", no_fine_tuning)
+    argv = ["--profile", "smoke", "--models", "alexnet:0.0625", "--epochs", "1", "--no-progress",
+            "--variants", "tucker2+svd-all@1-3", "--decompose-only", "--out", str(out), "--cache", str(cache)]
+    C.main(argv)
+    df = pd.read_csv(out / "before.csv")
+    assert list(df["variant"]) == ["tucker2+svd-all@1-3"] and df["cpu_b1_speedup"].iloc[0] > 0
+    assert df["delta_raw_points"].iloc[0] == pytest.approx(100 * (df["top1_before_raw"] - df["top1_base"]).iloc[0])
+    assert {p.name for p in out.iterdir()} == {"before.csv", "before.csv.json", "before.md", "before.md.json"}
+    side = json.loads((out / "before.csv.json").read_text())
+    assert "no fine-tuning" in side["what"] and side["profile"]["name"] == "smoke"
+    assert "| tucker2+svd-all@1-3 |" in (out / "before.md").read_text()
+    assert not list(cache.rglob("finetune.pt")) and list(cache.rglob("decomposed.pt"))
+    with pytest.raises(SystemExit):
+        C.parse(["--decompose-only", "--baseline-only"])
+
+
+def test_a_committed_baseline_of_another_recipe_is_refused(tmp_path):
+    from decomp.experiments.runinfo import write_sidecar
+    from decomp.experiments.usage import UsageError
+    from decomp.experiments.zoo import ModelConfig
+
+    mcfg = ModelConfig(name="vgg16_bn", width=0.5)
+    path = tmp_path / "baseline.pt"
+    path.write_bytes(b"")
+    tcfg = TrainConfig(epochs=40, batch_size=512, lr=0.4, amp_cpu=True, channels_last=True)
+    write_sidecar(path, extra={"train_config": {**vars(tcfg)}, "model_config": mcfg.to_dict()})
+    C.check_committed_baseline(path, TrainConfig(epochs=40, batch_size=512, lr=0.4), mcfg)  # float32 alike: fine
+    with pytest.raises(UsageError, match=r"epochs: committed 40 != this run's 10"):
+        C.check_committed_baseline(path, TrainConfig(epochs=10, batch_size=512, lr=0.4), mcfg)
+    with pytest.raises(UsageError, match=r"model width: committed 0.5 != this run's 1.0"):
+        C.check_committed_baseline(path, tcfg, ModelConfig(name="vgg16_bn", width=1.0))
+    path.with_name(path.name + ".json").unlink()
+    with pytest.raises(UsageError, match="cannot be checked"):
+        C.check_committed_baseline(path, tcfg, mcfg)
+    # the committed cpu_e40 baseline passes its own profile's recipe
+    committed = C.committed_baseline(P.PROFILES["cpu_e40"], mcfg)
+    prof = P.PROFILES["cpu_e40"]
+    C.check_committed_baseline(committed, TrainConfig(epochs=prof.epochs, batch_size=prof.batch_size, lr=prof.lr,
+                                                      seed=prof.seed), mcfg)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import json
 import os
 import time
 from dataclasses import asdict, replace
@@ -32,11 +33,12 @@ from tqdm.auto import tqdm
 
 from decomp.cli._config import ArgumentParser
 from decomp.experiments import control_reuse, distributed
-from decomp.experiments.cifar10_outputs import write_outputs
+from decomp.experiments.cifar10_outputs import write_before, write_outputs
 from decomp.experiments.data import load_cifar10
 from decomp.experiments.fixed_ranks import parse_ranks_from
 from decomp.experiments.profiles import CONTROL_LR, PROFILES, Profile, finetune_config
-from decomp.experiments.reproduce import FINETUNE_LR, Variant, finetune_key, joint_cpu_b1, run_variant, subset, variant_table
+from decomp.experiments.reproduce import (FINETUNE_LR, Variant, before_row, decompose_variant, finetune_key, joint_cpu_b1,
+                                         run_variant, subset, variant_table)
 from decomp.experiments.runinfo import atomic_torch_save, write_sidecar
 from decomp.experiments.train import TrainConfig, TrainResult, cpu_has_native_bf16, evaluate, train
 from decomp.experiments.usage import UsageError
@@ -115,8 +117,15 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
     p.add_argument("--baseline-only", action="store_true",
                    help="train (or resume) the profile's baselines, then stop: start the long part "
                         "in the background, run the variants later from the cache")
+    p.add_argument("--decompose-only", action="store_true",
+                   help="train (or read) the baselines and decompose every variant of the grid, then stop "
+                        "before fine-tuning: writes OUT/before.{csv,md} (top-1 raw and after batch-norm "
+                        "recalibration, MACs, CPU batch-1 speed-up; no control). The decompositions are "
+                        "cached where a full run fine-tunes them")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.decompose_only and a.baseline_only:
+        p.error("argument --decompose-only: not allowed with --baseline-only (it stops after the baselines)")
     a.prog = prog
     a.parser = p  # main reports a UsageError of select_variants / data_path through it
     prof = PROFILES[a.profile]
@@ -159,6 +168,31 @@ def load_committed_baseline_(model: torch.nn.Module, path: Path) -> torch.nn.Mod
     return model
 
 
+# Fields of a committed baseline's train_config that change how it ran, not what it learns from:
+# a machine without native bf16 trains the same recipe in float32 (without_emulated_bf16).
+_PRECISION_FIELDS = ("amp", "amp_cpu", "channels_last")
+
+
+def check_committed_baseline(path: Path, tcfg: TrainConfig, mcfg: ModelConfig) -> None:
+    """Refuse a committed baseline trained with another recipe than ``tcfg`` / ``mcfg`` (say an
+    ``--epochs`` override): its sidecar names the settings; the precision fields may differ."""
+    side = path.with_name(path.name + ".json")
+    meta = json.loads(side.read_text()) if side.is_file() else {}
+    saved_t, saved_m = meta.get("train_config"), meta.get("model_config")
+    if saved_t is None or saved_m is None:
+        raise UsageError(f"committed baseline {path}: its sidecar {side.name} is missing or has no train_config / "
+                         "model_config, so its recipe cannot be checked; delete the file to train anew")
+    wanted_t = asdict(tcfg)
+    diff = [f"{k}: committed {saved_t.get(k)!r} != this run's {v!r}" for k, v in wanted_t.items()
+            if k not in _PRECISION_FIELDS and k in saved_t and saved_t[k] != v]
+    diff += [f"model {k}: committed {saved_m.get(k)!r} != this run's {v!r}" for k, v in mcfg.to_dict().items()
+             if k in saved_m and saved_m[k] != v]
+    if diff:
+        raise UsageError(f"committed baseline {path} was trained with another recipe ({'; '.join(diff)}); "
+                         "run the profile without overriding its training recipe (e.g. --epochs), or train "
+                         "a checkpoint of your own into --cache first")
+
+
 def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress: bool) -> tuple:
     """Train (or resume, or read from the cache) the baseline. With ``prof.commit_baseline``, a
     machine without the cache starts from the committed bf16 weights instead of training, and a
@@ -171,6 +205,7 @@ def train_baseline(mcfg: ModelConfig, prof: Profile, data, cache: Path, progress
     committed = committed_baseline(prof, mcfg)
     # rank 0's view of the files decides for every rank (several nodes need not share a disk)
     if distributed.broadcast_object(prof.commit_baseline and not checkpoint.is_file() and committed.is_file()):
+        check_committed_baseline(committed, tcfg, mcfg)
         load_committed_baseline_(model, committed).to(prof.device)
         test = evaluate(model, data.test, device=prof.device)
         return model.eval(), TrainResult([], test, prof.epochs, prof.epochs, True, True, 0.0, str(committed)), tcfg
@@ -308,7 +343,10 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
         mcfg = ModelConfig(name=model_name, width=width)
         tag = f"{mcfg.name}_w{width:g}"
         start = time.perf_counter()
-        base, res, tcfg = train_baseline(mcfg, prof, data, args.cache, progress)
+        try:
+            base, res, tcfg = train_baseline(mcfg, prof, data, args.cache, progress)
+        except UsageError as e:
+            args.parser.error(str(e))
         stage_s[f"{tag}/baseline"] = {"seconds": time.perf_counter() - start, "cached": res.skipped,
                                       "train_s": sum(h["seconds"] for h in res.history)}
         base_info = {"model": tag, "top1": res.test["accuracy"], "params": count_params(base),
@@ -316,7 +354,8 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
         log(f"{tag} baseline top-1 {100 * res.test['accuracy']:.2f}%"
             + (" (cached)" if res.skipped else f" ({res.elapsed_s:.0f} s)"))
         models.append((tag, base, base_info))
-        if args.baseline_only:
+        if args.baseline_only or args.decompose_only:  # no fine-tuning: no control either
+            plan += [(tag, v) for v in grid]
             continue
         if reuse is not None:
             try:
@@ -337,6 +376,10 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
         plan += [(tag, v) for v in grid]
     if args.baseline_only:
         log(f"baselines in {args.cache}; stopping (--baseline-only)")
+        return
+    if args.decompose_only:
+        if main_rank:
+            _decompose_only(prof, args, plan, models, data, ft_train, test, stage_s, log, progress, argv)
         return
     core = lambda v: v.rank == "vbmf" or v.rank == prof.fractions[0]  # noqa: E731
     plan = [p for p in plan if core(p[1])] + [p for p in plan if not core(p[1])]
@@ -406,4 +449,35 @@ def _run(prof: Profile, args: argparse.Namespace, grid: list, path: str | None, 
     write_outputs(rows, layer_rows, skipped, prof, args, data.description, stage_s, controls, argv)
     log(f"wrote {args.out}")
 
+
+def _decompose_only(prof: Profile, args, plan, models, data, ft_train, test, stage_s: dict, log, progress: bool,
+                    argv) -> None:
+    """``--decompose-only``: stage (1) of every variant (cached as a full run caches it), the
+    variants timed together against their baseline at CPU batch 1, and ``before.{csv,md}``."""
+    by_tag = {tag: (base, info) for tag, base, info in models}
+    rows, decomposed = [], {}
+    for tag, v in tqdm(plan, desc="variants", disable=not progress):
+        base, info = by_tag[tag]
+        start = time.perf_counter()
+        model, dec, cached = decompose_variant(
+            base, v, args.cache / tag, train_data=ft_train, test_data=test, device=prof.device,
+            bn_batches=prof.bn_batches, min_speedup=prof.min_speedup, progress=progress,
+            calibration_images=prof.calibration_images, model_tag=tag)
+        stage_s[f"{tag}/{v.name}"] = {"seconds": time.perf_counter() - start, "cached": cached,
+                                      "decompose_s": dec["decompose_s"]}
+        rows.append(before_row(tag, info, v, dec))
+        decomposed.setdefault(tag, {})[v.name] = model
+        log(f"{tag} {v.name}: top-1 {100 * dec['top1_before_raw']:.2f}% raw, "
+            f"{100 * dec['top1_before']:.2f}% after BN recal., MACs x{rows[-1]['macs_x']:.2f}"
+            + (" (cached)" if cached else ""))
+    for tag, variants in decomposed.items():
+        start = time.perf_counter()
+        joint = joint_cpu_b1(by_tag[tag][0], variants, input_hw=32)
+        stage_s[f"{tag}/joint_timing_s"] = time.perf_counter() - start
+        for row in rows:
+            if row["model"] == tag:
+                row["cpu_b1_speedup"], row["cpu_b1_joint_rel_iqr"] = (joint[row["variant"]][k] for k in ("speedup", "rel_iqr"))
+    stage_s["total"] = sum(v["seconds"] for v in stage_s.values() if isinstance(v, dict) and "seconds" in v)
+    write_before(rows, prof, args, data.description, stage_s, argv)
+    log(f"wrote {args.out / 'before.csv'}")
 

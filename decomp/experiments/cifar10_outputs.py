@@ -18,7 +18,7 @@ from decomp.experiments.reproduce import Variant, best_speedups, claims_markdown
 from decomp.experiments.runinfo import atomic_write_text, write_sidecar
 from decomp.experiments.train import TrainConfig
 
-__all__ = ["write_outputs", "readme", "summary_columns", "compute_seconds", "control_text"]
+__all__ = ["write_outputs", "write_before", "BEFORE_COLUMNS", "readme", "summary_columns", "compute_seconds", "control_text"]
 
 
 def _markdown_table(df, columns: dict) -> str:
@@ -111,6 +111,41 @@ def write_outputs(rows, layer_rows, skipped, prof, args, data_desc, stage_s, con
         save_text("control.csv", pd.DataFrame(controls).to_csv(index=False))
     save_text("README.md", readme(df, prof, command, data_desc, stage_s, skipped, controls))
 
+
+BEFORE_COLUMNS = {"model": "model", "fit": "fit", "variant": "variant", "ranks": "ranks",
+                  "top1_before_raw": "top-1 raw (%)", "delta_raw_points": "Δ raw",
+                  "top1_before": "top-1 after BN recal. (%)", "delta_recal_points": "Δ recal.",
+                  "params_x": "params ×", "macs_x": "MACs ×", "cpu_b1_speedup": "CPU b1 speedup",
+                  "decompose_s": "decompose s"}
+
+
+def write_before(rows, prof: Profile, args, data_desc: dict, stage_s: dict, argv=None) -> None:
+    """``--decompose-only``: ``before.{csv,md}`` (and sidecars), every variant before fine-tuning."""
+    import pandas as pd
+
+    out: Path = args.out
+    df = pd.DataFrame(rows)
+    command = command_line(args.prog, argv)
+    extra = {"what": "every variant right after decomposing: top-1 raw and after batch-norm recalibration "
+                     f"({prof.bn_batches} batches of {prof.ft_batch_size} training images); no fine-tuning",
+             "profile": asdict(prof), "torch_threads": torch.get_num_threads(),
+             "timing": {"cpu": "cpu_b1_speedup: all variants and the baseline timed together at batch 1 "
+                               "(joint_cpu_b1), 1 thread, thread CPU clock, NCHW"},
+             "data": {k: data_desc.get(k) for k in ("dataset", "source_kind", "path", "sha256",
+                                                    "train_count", "test_count")},
+             "stage_seconds": stage_s}
+    fmt = df.copy()
+    for c in ("delta_raw_points", "delta_recal_points"):
+        fmt[c] = fmt[c].map(lambda v: f"{v:+.2f}")
+    fmt["decompose_s"] = fmt["decompose_s"].map(lambda v: f"{v:.0f}")
+    bases = ", ".join(f"`{m}` {100 * b:.2f}%" for m, b in df.groupby("model", sort=False)["top1_base"].first().items())
+    text = (f"# CIFAR-10, profile `{prof.name}`: before fine-tuning\n\n"
+            f"Baseline top-1: {bases}. Each variant right after `decompose`: raw, then after re-estimating "
+            f"the batch-norm statistics on {prof.bn_batches} batches of training images; Δ in points "
+            "against the baseline. No fine-tuning, so no control.\n\n" + _markdown_table(fmt, BEFORE_COLUMNS))
+    for name, body in (("before.csv", df.to_csv(index=False)), ("before.md", text)):
+        atomic_write_text(out / name, body)
+        write_sidecar(out / name, command=command, extra=extra)
 
 def guided_doc(prof: Profile) -> str:
     """What the data-aware and budgeted variants do, when the profile has them."""

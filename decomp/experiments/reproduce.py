@@ -44,7 +44,7 @@ from decomp.experiments.train import TrainConfig, evaluate, recalibrate_batchnor
 
 __all__ = [
     "FAMILIES", "FINETUNE_LR", "Variant", "variant_table", "rank_label", "leave_out",
-    "subset", "finetune_key", "run_variant", "measure_speedup", "best_speedups", "claims_markdown",
+    "subset", "finetune_key", "run_variant", "variant_cache", "decompose_variant", "before_row", "measure_speedup", "best_speedups", "claims_markdown",
     "plot_accuracy_vs_speedup", "plot_layer_speedups", "CLAIM_BAND",
 ]
 
@@ -270,13 +270,8 @@ def run_variant(
     the same model together (:func:`decomp.experiments.train.train`, data-parallel) and returns
     the same row; on the other ranks ``stage_info["model"]`` is ``None`` for a cached variant.
     """
-    cache = Path(cache) / variant.name
-    if min_speedup is not None:  # another set of decomposed layers
-        cache = cache / f"speed{min_speedup:g}"
-    if bn_batches:  # the decomposed weights differ with recalibrated statistics
-        cache = cache / f"bn{bn_batches}"
-    if variant.aware:  # fitted to these calibration images (and refined for the ReLUs, or not)
-        cache = cache / (f"cal{calibration_images}" + ("-relu" if calibration.RELU_LAMBDAS else ""))
+    cache = variant_cache(cache, variant, min_speedup=min_speedup, bn_batches=bn_batches,
+                          calibration_images=calibration_images)
     ft_dir = cache / finetune_key(finetune, len(train_data))  # fine-tuning and results per FT setting
     device = torch.device(device)
     result_file = ft_dir / "result.json"
@@ -311,6 +306,35 @@ def run_variant(
     return _finetune_and_time(base, model, dec, variant, stages, train_data=train_data, test_data=test_data,
                               ft_dir=ft_dir, finetune=finetune, device=device, timing=timing, base_info=base_info,
                               input_hw=input_hw, progress=progress, min_speedup=min_speedup, bn_batches=bn_batches)
+
+
+def variant_cache(cache: str | Path, variant: Variant, *, min_speedup: float | None, bn_batches: int,
+                  calibration_images: int) -> Path:
+    """The folder of ``variant``'s decomposition under a model's ``cache``: one per setting that
+    changes the decomposed weights (its fine-tunings sit below it, one per fine-tuning setting)."""
+    cache = Path(cache) / variant.name
+    if min_speedup is not None:  # another set of decomposed layers
+        cache = cache / f"speed{min_speedup:g}"
+    if bn_batches:  # the decomposed weights differ with recalibrated statistics
+        cache = cache / f"bn{bn_batches}"
+    if variant.aware:  # fitted to these calibration images (and refined for the ReLUs, or not)
+        cache = cache / (f"cal{calibration_images}" + ("-relu" if calibration.RELU_LAMBDAS else ""))
+    return cache
+
+
+def decompose_variant(base: nn.Module, variant: Variant, cache: str | Path, *, train_data: Split, test_data: Split,
+                      device: torch.device | str = "cpu", input_hw: int = 32, bn_batches: int = 0,
+                      min_speedup: float | None = None, progress: bool = True, calibration_images: int = 2048,
+                      model_tag: str | None = None) -> tuple[nn.Module, dict, bool]:
+    """Stage (1) of :func:`run_variant` alone, in the same cache (so a later :func:`run_variant`
+    fine-tunes this very decomposition): ``(model, record dict, whether it came from the cache)``.
+    The record dict has ``top1_before_raw``, ``top1_before`` (after batch-norm recalibration),
+    ``params_after``, ``macs_after``, ``decompose_s``, ``budget``, ``calibration`` and ``records``."""
+    folder = variant_cache(cache, variant, min_speedup=min_speedup, bn_batches=bn_batches,
+                           calibration_images=calibration_images)
+    return _decomposed(base, variant, folder, train_data=train_data, test_data=test_data, device=torch.device(device),
+                       input_hw=input_hw, bn_batches=bn_batches, min_speedup=min_speedup, progress=progress,
+                       calibration_images=calibration_images, model_tag=model_tag)
 
 
 def _decomposed(base: nn.Module, variant: Variant, cache: Path, *, train_data: Split, test_data: Split, device,
@@ -350,6 +374,19 @@ def _decomposed(base: nn.Module, variant: Variant, cache: Path, *, train_data: S
         atomic_write_text(dec_file, json.dumps(dec, indent=1, default=str) + "\n")
         return model, dec, False
     return model, dec, True
+
+
+def before_row(tag: str, info: Mapping[str, Any], variant: Variant, dec: Mapping[str, Any]) -> dict:
+    """One row of ``before.csv``: a variant right after decomposing, before any fine-tuning."""
+    base = info["top1"]
+    return {"model": tag, "variant": variant.name, "family": variant.family, "ranks": variant.rank_label,
+            "fit": variant.fit, "budget": variant.budget, "budget_reached": (dec.get("budget") or {}).get("reached"),
+            "top1_base": base, "top1_before_raw": dec["top1_before_raw"], "top1_before": dec["top1_before"],
+            "delta_raw_points": 100 * (dec["top1_before_raw"] - base),
+            "delta_recal_points": 100 * (dec["top1_before"] - base), "bn_recal_batches": dec.get("bn_batches"),
+            "params_x": info["params"] / dec["params_after"],
+            "macs_x": info["macs"] / dec["macs_after"] if dec["macs_after"] else None,
+            "decompose_s": dec["decompose_s"], "layer_ranks": _layer_ranks(dec["records"])}
 
 
 def _finetune_and_time(base: nn.Module, model: nn.Module, dec: dict, variant: Variant, stages: dict, *,
