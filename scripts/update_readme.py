@@ -384,8 +384,35 @@ def render_calibration() -> str:
                         f"points against {100 * float(r['top1_base']):.2f}%)")
         body += ["", f"Measured on {sidecar.get('cpu', 'the CPU')} ({sidecar.get('cpu_count')} cores, "
                      f"{sidecar.get('cpu_capability', '')}), git {str(sidecar.get('git_sha', ''))[:7]}.", ""]
-    body += sensitivity_lines()
+    body += sensitivity_lines() + before_lines()
     return "\n".join([CALIBRATION_START, *body, CALIBRATION_END])
+
+
+BEFORE_RUNS = ("cpu_w1",)  # runs with a before.csv (reproduce --decompose-only): the raw loss at full width
+
+
+def before_lines() -> list[str]:
+    """Every variant of a ``--decompose-only`` run before fine-tuning, from results/cifar10/<run>/before.csv."""
+    lines = []
+    for name in BEFORE_RUNS:
+        path = ROOT / f"results/cifar10/{name}/before.csv"
+        if not path.exists():
+            continue
+        rows, side = read_csv(path), json.loads(path.with_name("before.csv.json").read_text())
+        bn = (side.get("profile") or {}).get("bn_batches")
+        lines += [f"**Before fine-tuning, `{name}`** ([`results/cifar10/{name}/before.md`](results/cifar10/{name}/before.md); "
+                  f"`{side.get('command')}`; timed on {_timed_on(side)}): {rows[0]['model']} baseline "
+                  f"{100 * float(rows[0]['top1_base']):.2f}%, each variant raw and after re-estimating the batch-norm "
+                  f"statistics ({bn} batches), points against the baseline:", "",
+                  "| variant | fit | top-1 raw | Δ raw | after BN recal. | Δ recal. | MACs × | CPU b1 speed-up |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['variant']} | {r['fit']} | {100 * float(r['top1_before_raw']):.2f}% "
+                         f"| **{float(r['delta_raw_points']):+.2f}** | {100 * float(r['top1_before']):.2f}% "
+                         f"| {float(r['delta_recal_points']):+.2f} | x{float(r['macs_x']):.2f} "
+                         f"| x{float(r['cpu_b1_speedup']):.2f} |")
+        lines.append("")
+    return lines
 
 
 def sensitivity_lines() -> list[str]:

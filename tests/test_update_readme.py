@@ -106,3 +106,21 @@ def test_frontier_lines_pick_the_closest_to_control_at_each_speed(U, tmp_path, m
     assert "**>= x2**" in x2 and "`a` v1 (m)" in x2 and "**-0.50 points against the control**" in x2
     assert "**x2.10** timed in its run on CPU a" in x2  # v4 is closer to its control but not x2 fast
     assert "**>= x3**" in x3 and "`b` v3" in x3 and "-0.90 points" in x3 and "-1.00 against the baseline" in x3
+
+
+def test_before_lines_quote_each_variant_raw_and_recalibrated(U, tmp_path, monkeypatch):
+    monkeypatch.setattr(U, "ROOT", tmp_path)
+    monkeypatch.setattr(U, "BEFORE_RUNS", ("w1",))
+    assert U.before_lines() == []
+    d = tmp_path / "results" / "cifar10" / "w1"
+    d.mkdir(parents=True)
+    (d / "before.csv").write_text(
+        "model,variant,fit,top1_base,top1_before_raw,top1_before,delta_raw_points,delta_recal_points,macs_x,cpu_b1_speedup\n"
+        "m,t@1-3,data-free,0.9,0.8,0.85,-10,-5,3.1,2.2\nm,t@aware-1-3,data-aware,0.9,0.89,0.895,-1,-0.5,3.1,2.25\n")
+    (d / "before.csv.json").write_text(json.dumps({"cpu": "Some CPU", "cpu_count": 2, "command": "python r.py",
+                                                   "profile": {"bn_batches": 40}}))
+    lines = U.before_lines()
+    assert lines[0].startswith("**Before fine-tuning, `w1`**") and "m baseline 90.00%" in lines[0]
+    assert "(40 batches)" in lines[0] and "`python r.py`" in lines[0]
+    assert "| t@aware-1-3 | data-aware | 89.00% | **-1.00** | 89.50% | -0.50 | x3.10 | x2.25 |" in lines
+    assert lines[-1] == ""
