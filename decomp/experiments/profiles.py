@@ -6,7 +6,7 @@ for exactly its training settings, so a changed field trains anew rather than re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from decomp.experiments.reproduce import FINETUNE_LR
 from decomp.experiments.train import TrainConfig
@@ -93,23 +93,6 @@ PROFILES = {
              "control fine-tuned like every variant; Tucker-2 + SVD data-free, data-aware and "
              "budgeted to a measured latency.",
     ),
-    # The width-1 VGG16-BN on the 2-core CPU, for the raw (before fine-tuning) loss of the
-    # decompositions at the width the origin's figures are quoted at: at width 0.5 the early convs
-    # have 32-128 channels and a 1/3 rank of 11-43, which no fit recovers (results/calibration/
-    # layer_sensitivity.md). Measured 3.5 s per 512-image bf16 step on an AVX512-BF16 EPYC, ~6 min
-    # per epoch, so 18 epochs take ~1 h 50 min in one session (the cache need not survive); the
-    # gpu profile's recipe reached 87.95% in 15 epochs and 90.03% in 40 at width 1. Fine-tuning
-    # the grid at width 1 (~4 epochs x 7 models) does not fit beside it on 2 cores.
-    "cpu_w1": Profile(
-        "cpu_w1", models=(("vgg16_bn", 1.0),), epochs=18, ft_epochs=4, ft_images=0,
-        fractions=(1 / 3,), channels_last=True, amp_cpu=True, ft_control=True,
-        families=("tucker2+svd-all",), aware=("tucker2+svd-all",), budgets=("latency:2", "latency:3"),
-        commit_baseline=True,
-        cpu_batches=(1, 256), min_run_s=1.0,
-        note="VGG16-BN at full width with an 18-epoch baseline (bf16 autocast on the CPU), for the "
-             "raw loss of the decompositions before any fine-tuning; the fine-tuned grid is sized "
-             "like cpu_e40's.",
-    ),
     # One H100/H200 in one command of under 10 minutes: full widths, bf16 autocast and
     # channels_last (decomp.experiments.train), fine-tuning on the whole set. budget_s keeps the run inside
     # a 10-minute command; the aggressive 1/6 settings are the first to go.
@@ -124,11 +107,23 @@ PROFILES = {
 }
 
 
+# The width-1 VGG16-BN on the 2-core CPU, for the raw (before fine-tuning) loss of the
+# decompositions at the width the origin's figures are quoted at: at width 0.5 the early convs
+# have 32-128 channels and a 1/3 rank of 11-43, which no fit recovers (results/calibration/
+# layer_sensitivity.md). Measured 3.5 s per 512-image bf16 step on an AVX512-BF16 EPYC, ~6 min
+# per epoch, so 18 epochs take ~1 h 50 min in one session (the cache need not survive); the
+# gpu profile's recipe reached 87.95% in 15 epochs and 90.03% in 40 at width 1. Fine-tuning
+# the grid at width 1 (~4 epochs x 7 models) does not fit beside it on 2 cores.
+PROFILES["cpu_w1"] = replace(
+    PROFILES["cpu_e40"], name="cpu_w1", models=(("vgg16_bn", 1.0),), epochs=18,
+    note="VGG16-BN at full width with an 18-epoch baseline (bf16 autocast on the CPU), for the raw loss "
+         "of the decompositions before any fine-tuning; the fine-tuned grid is sized like cpu_e40's.")
+
+
 def finetune_config(prof: Profile, lr: float) -> TrainConfig:
     return TrainConfig(epochs=prof.ft_epochs, batch_size=prof.ft_batch_size, lr=lr,
                        warmup_frac=0.1, seed=prof.seed, channels_last=prof.channels_last,
                        distill=prof.ft_distill, amp_cpu=prof.amp_cpu)
-
 
 
 CONTROL_LR = FINETUNE_LR["tucker2+svd-all"]  # the Tucker-2 and SVD families' fine-tuning lr
