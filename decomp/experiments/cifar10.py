@@ -74,6 +74,16 @@ def parse_models(text: str) -> tuple:
     return tuple(models)
 
 
+def _calibration_images(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of images") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 image; got {n}")
+    return n
+
+
 def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespace]:
     p = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--profile", choices=sorted(PROFILES), default="smoke")
@@ -111,6 +121,10 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
                    help="also run a committed run's architecture: VARIANT's per-layer ranks from RUN/layers.csv, "
                         "fitted data-aware again on this run's calibration images (decomp.experiments.fixed_ranks); "
                         "e.g. results/cifar10/cpu_e40:tucker2+svd-all@latency-x3")
+    p.add_argument("--calibration-images", type=_calibration_images, metavar="N",
+                   help="override the profile's calibration images of the data-aware and budgeted variants "
+                        "(a seeded, unaugmented subset of the training set); the default --out then ends in "
+                        "-cal<N>, so the profile's own results are never overwritten")
     p.add_argument("--variants", type=lambda v: tuple(x for x in v.split(",") if x),
                    help="run only these variants of the grid, comma-separated names as in summary.csv "
                         "(e.g. tucker2+svd-all@vbmf)")
@@ -132,12 +146,15 @@ def parse(argv=None, prog: str | None = None) -> tuple[Profile, argparse.Namespa
     over = {k: v for k, v in (("epochs", a.epochs), ("budget_s", a.budget_s), ("device", a.device),
                               ("min_speedup", a.min_speedup), ("ft_epochs", a.ft_epochs), ("ft_distill", a.ft_distill),
                               ("ft_control", a.ft_control), ("amp_cpu", a.amp_cpu), ("models", a.models),
-                              ("variants", a.variants)) if v is not None}
+                              ("variants", a.variants), ("calibration_images", a.calibration_images))
+            if v is not None}
     prof = replace(prof, **over)
     # Under torchrun the default output is the profile's plus the process count: a data-parallel
     # run (batch norms per shard) never overwrites the single-process results.
     procs = os.environ.get("WORLD_SIZE", "1")
-    a.out = a.out or Path("results/cifar10") / (prof.name if procs in ("", "1") else f"{prof.name}-ddp{procs}")
+    stem = prof.name if prof.calibration_images == PROFILES[a.profile].calibration_images else (
+        f"{prof.name}-cal{prof.calibration_images}")
+    a.out = a.out or Path("results/cifar10") / (stem if procs in ("", "1") else f"{stem}-ddp{procs}")
     a.cache = a.cache or Path(".cache/decomp/cifar10") / prof.name
     return prof, a
 
