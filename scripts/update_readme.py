@@ -388,7 +388,9 @@ def render_calibration() -> str:
     return "\n".join([CALIBRATION_START, *body, CALIBRATION_END])
 
 
-BEFORE_RUNS = ("cpu_w1",)  # runs with a before.csv (reproduce --decompose-only): the raw loss at full width
+# Runs with a before.csv (reproduce --decompose-only): the raw loss at full width, on the profile's
+# 2048 calibration images and on 8192 (--calibration-images 8192: the fit overfits 2048 images).
+BEFORE_RUNS = ("cpu_w1", "cpu_w1-cal8192")
 
 
 def before_lines() -> list[str]:
@@ -400,9 +402,10 @@ def before_lines() -> list[str]:
             continue
         rows, side = read_csv(path), json.loads(path.with_name("before.csv.json").read_text())
         bn = (side.get("profile") or {}).get("bn_batches")
+        images = (side.get("profile") or {}).get("calibration_images")
         lines += [f"**Before fine-tuning, `{name}`** ([`results/cifar10/{name}/before.md`](results/cifar10/{name}/before.md); "
                   f"`{side.get('command')}`; timed on {_timed_on(side)}): {rows[0]['model']} baseline "
-                  f"{100 * float(rows[0]['top1_base']):.2f}%, each variant raw and after re-estimating the batch-norm "
+                  f"{100 * float(rows[0]['top1_base']):.2f}%, data-aware fits on {images} calibration images, each variant raw and after re-estimating the batch-norm "
                   f"statistics ({bn} batches), points against the baseline:", "",
                   "| variant | fit | top-1 raw | Δ raw | after BN recal. | Δ recal. | MACs × | CPU b1 speed-up |",
                   "|---|---|---|---|---|---|---|---|"]

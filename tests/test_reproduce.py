@@ -223,6 +223,19 @@ def test_script_overrides_variants_fine_tuning_epochs_and_speed_guard(tmp_path):
     assert C.parse(["--profile", "cpu", "--amp-cpu"])[0].amp_cpu is True
 
 
+def test_calibration_images_override_keeps_the_profile_results_apart(capsys):
+    prof, args = C.parse(["--profile", "cpu_w1", "--calibration-images", "8192"])
+    assert prof.calibration_images == 8192 and prof.name == "cpu_w1"  # the committed baseline is the profile's
+    assert args.out == Path("results/cifar10/cpu_w1-cal8192")
+    same, args = C.parse(["--profile", "cpu_w1", "--calibration-images", str(P.PROFILES["cpu_w1"].calibration_images)])
+    assert args.out == Path("results/cifar10/cpu_w1")
+    assert C.parse(["--profile", "cpu_w1", "--calibration-images", "64", "--out", "x"])[1].out == Path("x")
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(SystemExit):
+            C.parse(["--profile", "cpu_w1", "--calibration-images", bad])
+        assert "--calibration-images" in capsys.readouterr().err
+
+
 def test_run_variant_distils_from_the_baseline_into_its_own_cache(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     base = alexnet_cifar(width=1 / 16).eval()

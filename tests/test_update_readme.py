@@ -118,9 +118,9 @@ def test_before_lines_quote_each_variant_raw_and_recalibrated(U, tmp_path, monke
         "model,variant,fit,top1_base,top1_before_raw,top1_before,delta_raw_points,delta_recal_points,macs_x,cpu_b1_speedup\n"
         "m,t@1-3,data-free,0.9,0.8,0.85,-10,-5,3.1,2.2\nm,t@aware-1-3,data-aware,0.9,0.89,0.895,-1,-0.5,3.1,2.25\n")
     (d / "before.csv.json").write_text(json.dumps({"cpu": "Some CPU", "cpu_count": 2, "command": "python r.py",
-                                                   "profile": {"bn_batches": 40}}))
+                                                   "profile": {"bn_batches": 40, "calibration_images": 8192}}))
     lines = U.before_lines()
     assert lines[0].startswith("**Before fine-tuning, `w1`**") and "m baseline 90.00%" in lines[0]
-    assert "(40 batches)" in lines[0] and "`python r.py`" in lines[0]
+    assert "(40 batches)" in lines[0] and "`python r.py`" in lines[0] and "on 8192 calibration images" in lines[0]
     assert "| t@aware-1-3 | data-aware | 89.00% | **-1.00** | 89.50% | -0.50 | x3.10 | x2.25 |" in lines
     assert lines[-1] == ""
