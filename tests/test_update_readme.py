@@ -124,3 +124,24 @@ def test_before_lines_quote_each_variant_raw_and_recalibrated(U, tmp_path, monke
     assert "(40 batches)" in lines[0] and "`python r.py`" in lines[0] and "on 8192 calibration images" in lines[0]
     assert "| t@aware-1-3 | data-aware | 89.00% | **-1.00** | 89.50% | -0.50 | x3.10 | x2.25 |" in lines
     assert lines[-1] == ""
+
+
+def test_accuracy_at_speed_lines_quote_batch_256_beside_batch_1(U, tmp_path, monkeypatch):
+    # a latency budget is met at batch 1; the table must also show what it gives at batch 256
+    monkeypatch.setattr(U, "ROOT", tmp_path)
+    monkeypatch.setattr(U, "ACCURACY_RUNS", ("a",))
+    d = tmp_path / "results" / "cifar10" / "a"
+    d.mkdir(parents=True)
+    (d / "summary.csv").write_text(
+        "model,variant,fit,top1_before_raw,top1_before,top1_after,delta_points,finetune_epochs,macs_x,"
+        "cpu_b1_speedup,cpu_b256_speedup\n"
+        "m,baseline,,0.9,0.9,0.9,0,,1,,\n"
+        "m,v@latency-x2,data-aware,0.89,0.89,0.895,-0.5,2,1.3,2.1,1.06\n"
+        "m,v@1-3,data-free,0.8,0.85,0.88,-2,2,4.5,2.7,\n")
+    (d / "summary.csv.json").write_text(json.dumps({"cpu": "CPU a", "cpu_count": 2, "command": "python r.py"}))
+    (d / "control.csv").write_text("model,top1_after,finetune_epochs\nm,0.905,2\n")
+    lines = U.accuracy_at_speed_lines()
+    header = next(x for x in lines if x.startswith("| variant |"))
+    assert header.endswith("| CPU b1 speed-up | CPU b256 speed-up |")
+    assert "| v@latency-x2 | data-aware | 89.00% | 89.00% | 89.50% | -0.50 | -1.00 | x1.30 | **x2.10** | x1.06 |" in lines
+    assert "| v@1-3 | data-free | 80.00% | 85.00% | 88.00% | -2.00 | -2.50 | x4.50 | **x2.70** |  |" in lines
