@@ -375,22 +375,39 @@ class ReluTarget:
     follow: Following
     lam: float
 
-    def target(self, y, u, scale, bias, acc) -> torch.Tensor:
-        """The auxiliary target ``z`` for rows ``y`` (original, scaled like the fit) given the fit's
-        output ``u`` (scaled alike); accumulates the ReLU-space error of ``u`` in ``acc``."""
+    def affine(self, like: torch.Tensor, scale, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sign, shift)`` of the batch norm after the layer, in ``like``'s dtype; the layer's
+        ``bias`` moves into the shift when ``y`` and ``u`` were fitted without it."""
         f = self.follow
-        sign = f.sign if f.sign is not None else torch.ones_like(y[0])
-        shift = f.shift if f.shift is not None else torch.zeros_like(y[0])
-        if bias is not None:  # y and u are fitted without the layer's bias: it moves to the shift
+        sign = f.sign if f.sign is not None else torch.ones_like(like[0])
+        shift = f.shift if f.shift is not None else torch.zeros_like(like[0])
+        if bias is not None:
             shift = shift + (sign * scale if scale is not None else 1.0) * bias
-        t = (sign * y + shift).clamp_min(0)   # what the next layer sees from the original
-        w = sign * u + shift                  # and from the fit, before its ReLU
-        acc["relu_err"] = acc.get("relu_err", 0) + ((t - w.clamp_min(0)) ** 2).sum()
-        acc["relu_total"] = acc.get("relu_total", 0) + (t * t).sum()
-        above = ((t + self.lam * w) / (1 + self.lam)).clamp_min(0)
-        below = w.clamp_max(0)
-        keep_above = (t - above) ** 2 + self.lam * (above - w) ** 2 <= t * t + self.lam * (below - w) ** 2
-        return sign * (torch.where(keep_above, above, below) - shift)
+        return sign.to(like.dtype), shift.to(like.dtype)
+
+    def seen(self, y, scale, bias) -> torch.Tensor:
+        """What the next layer sees from the original: ``relu(sign * y + shift)``."""
+        sign, shift = self.affine(y, scale, bias)
+        return torch.addcmul(shift, sign, y).clamp_min_(0)
+
+    def target(self, y, u, scale, bias, acc, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """The auxiliary target ``z`` for rows ``y`` (original, scaled like the fit) given the fit's
+        output ``u`` (scaled alike), in ``u``'s dtype; accumulates the ReLU-space error of ``u``
+        in ``acc`` (float64 sums). ``seen``: :meth:`seen` of ``y``, when the caller reuses it."""
+        sign, shift = self.affine(u, scale, bias)
+        t = seen if seen is not None else self.seen(y.to(u.dtype), scale, bias)
+        w = torch.addcmul(shift, sign, u)     # the fit's output, before the ReLU
+        tt = t.square()
+        acc["relu_err"] = acc.get("relu_err", 0) + (t - w.clamp_min(0)).square_().sum(dtype=torch.float64)
+        acc["relu_total"] = acc.get("relu_total", 0) + tt.sum(dtype=torch.float64)
+        # Per element, min (t - relu(z))^2 + lam (z - w)^2 (t >= 0): on z >= 0 the minimiser is
+        # a = max(0, (t + lam w) / (1 + lam)), on z <= 0 it is min(w, 0). For w >= 0, a always
+        # wins; for w < 0 their costs are lam (t - w)^2 / (1 + lam) and t^2, and that test
+        # already fails wherever t + lam w <= 0 (a = 0 there), so that case needs none of its own.
+        lam = self.lam
+        above = torch.add(t, w, alpha=lam).div_(1 + lam).clamp_min_(0)
+        keep_above = (w >= 0) | ((t - w).square_().mul_(lam) <= tt.mul_(1 + lam))
+        return sign * (torch.where(keep_above, above, w) - shift)
 
 
 @torch.no_grad()
@@ -411,21 +428,26 @@ def refine_for_relu(fit: OutputFit, rank: int, follow: Following, sample: tuple[
     # The two products per step over the kept rows (rows x features x outputs) are most of the
     # alternation's time: they run in the single precision of the activations the rows came
     # from (2-3x faster than float64 on a 2-core AVX2 CPU; the small fits stay in float64).
+    # The elementwise target too (a dozen passes over rows x outputs per step): its z feeds
+    # only that single-precision product, and its error sums accumulate in float64.
     low = torch.float32 if feats.dtype == torch.float64 else feats.dtype
     feats_low, fit_feats_low = feats.to(low), fit_feats.to(low)
+    scale_low = scale.to(low) if scale is not None else None
+    seen = ReluTarget(follow, 1.0).seen(y.to(low), scale, bias)  # the original's side: the same every step
     best, best_error, errors, current = fit, math.inf, [], fit
     for i, lam in enumerate((*RELU_LAMBDAS, None)):  # the last step only measures
         p, q = current.factors(rank)
-        u = (feats_low @ (p @ q).T.to(low)).to(y.dtype)
+        u = feats_low @ (p @ q).T.to(low)
         acc: dict[str, torch.Tensor] = {}
         z = ReluTarget(follow, lam if lam is not None else 1.0).target(
-            y, u * scale if scale is not None else u, scale, bias, acc)
+            None, u * scale_low if scale_low is not None else u, scale, bias, acc, seen=seen)
         errors.append(math.sqrt(float(acc["relu_err"]) / max(float(acc["relu_total"]), 1e-300)))
         if errors[-1] < best_error:  # a step may make it worse before lam grows: keep the best measured
             best, best_error = current, errors[-1]
         if lam is not None:
-            x = (z.to(low).T @ fit_feats_low).to(s.dtype) / len(y)
-            current = fit_output({"X": x, "S": s, "yy": (z * z).sum() / len(y)}, scale, fit.rhs_scaled)
+            x = (z.T @ fit_feats_low).to(s.dtype) / len(y)
+            yy = z.square().sum(dtype=torch.float64) / len(y)
+            current = fit_output({"X": x, "S": s, "yy": yy}, scale, fit.rhs_scaled)
     return best, errors
 
 

@@ -207,6 +207,24 @@ def test_relu_target_is_the_elementwise_minimiser():
     assert torch.all(cost(z[..., None])[..., 0] <= best + 1e-6)
 
 
+def test_relu_target_in_single_precision_and_with_a_bias_matches_float64():
+    # refine_for_relu runs the target in float32 with the original's side computed once (seen=)
+    g = torch.Generator().manual_seed(1)
+    y, u = torch.randn(500, 4, generator=g, dtype=torch.float64), torch.randn(500, 4, generator=g, dtype=torch.float64)
+    follow = decomp.calibration.Following(torch.full((4,), 0.5, dtype=torch.float64),
+                                          torch.tensor([1.0, -1.0, 1.0, -1.0]).double(),
+                                          torch.tensor([0.3, -0.2, 0.0, 0.1]).double(), True)
+    scale, bias = torch.full((4,), 0.5, dtype=torch.float64), torch.tensor([0.2, 0.0, -0.4, 1.0]).double()
+    target = decomp.calibration.ReluTarget(follow, 0.1)
+    acc64, acc32 = {}, {}
+    z64 = target.target(y, u, scale, bias, acc64)
+    z32 = target.target(None, u.float(), scale, bias, acc32, seen=target.seen(y.float(), scale, bias))
+    assert z32.dtype == torch.float32 and torch.allclose(z32.double(), z64, atol=1e-5)
+    assert acc32["relu_err"].dtype == torch.float64
+    assert abs(float(acc32["relu_err"]) / float(acc64["relu_err"]) - 1) < 1e-5
+    assert abs(float(acc32["relu_total"]) / float(acc64["relu_total"]) - 1) < 1e-5
+
+
 def _relu_error(net, ref, x):
     with torch.no_grad():
         return float((net(x) - ref(x)).norm() / ref(x).norm())
