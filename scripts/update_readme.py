@@ -168,7 +168,7 @@ def _cifar_rows(rows) -> list[str]:
         for limit in (1.0, 3.0):
             cells = []
             for col in cols:
-                ok = [r for r in mine if r["variant"] != "baseline" and r.get(col) not in (None, "", "nan")
+                ok = [r for r in mine if r["variant"] != "baseline" and _measured(r.get(col))
                       and -float(r["delta_points"]) <= limit]
                 best = max(ok, key=lambda r: float(r[col])) if ok else None
                 cells.append(f"**x{float(best[col]):.2f}** {best['variant']} ({float(best['delta_points']):+.2f})"
@@ -188,9 +188,14 @@ ACCURACY_RUNS = ("cpu_w1_ft2", "cpu_e40", "cpu_e40_avx2", "cpu_e40_ft1", "cpu_e4
                  "cpu_e40_ft20_ranks", "cpu_e40_ft20_ranks_avx512")  # the accuracy-at-speed runs: data-free, data-aware, budgeted
 
 
+def _measured(value) -> bool:
+    """Whether a summary cell holds a measurement (a run leaves the ones it did not take empty)."""
+    return value not in (None, "", "nan")
+
+
 def _times(value) -> str:
     """``"x1.30"`` for a measured factor, ``""`` for a cell the run left empty."""
-    return f"x{float(value):.2f}" if value not in (None, "", "nan") else ""
+    return f"x{float(value):.2f}" if _measured(value) else ""
 
 
 def _distilled(row: dict) -> str:
@@ -252,7 +257,7 @@ def frontier_lines() -> list[str]:
         control = {c["model"]: float(c["top1_after"]) for c in read_csv(path.with_name("control.csv"))}
         side = json.loads(path.with_name("summary.csv.json").read_text())
         for r in read_csv(path):
-            if r["variant"] != "baseline" and r["model"] in control and r.get("cpu_b1_speedup") not in (None, "", "nan"):
+            if r["variant"] != "baseline" and r["model"] in control and _measured(r.get("cpu_b1_speedup")):
                 found.append((name, r, float(r["top1_after"]) - control[r["model"]], side))
     lines = []
     for x in FRONTIER:
@@ -281,10 +286,10 @@ def accuracy_at_speed_lines() -> list[str]:
         base = next(r for r in rows if r["variant"] == "baseline")
         c = control.get(base["model"])
         epochs = next((r["finetune_epochs"] for r in rows if r["variant"] != "baseline"), "?")
-        cl = any(r.get("cpu_b1_cl_speedup") not in (None, "", "nan") for r in rows)  # runs since channels_last timing
-        # batch 256 beside batch 1: a latency budget is met at batch 1, where the weights' memory
-        # traffic dominates, so its MACs and its throughput at a large batch can gain far less
-        b256 = any(r.get("cpu_b256_speedup") not in (None, "", "nan") for r in rows if r["variant"] != "baseline")
+        cl = any(_measured(r.get("cpu_b1_cl_speedup")) for r in rows)  # runs since channels_last timing
+        # batch 256 beside batch 1: these runs budget latency at batch 1, where the weights' memory
+        # traffic dominates, so their MACs and their throughput at a large batch can gain far less
+        b256 = any(_measured(r.get("cpu_b256_speedup")) for r in rows if r["variant"] != "baseline")
         lines += [f"**Accuracy at speed, `{name}`** ([`results/cifar10/{name}/`](results/cifar10/{name}/README.md); "
                   f"`{side.get('command')}`; timed on {_timed_on(side)}): {base['model']} baseline "
                   f"{100 * float(base['top1_after']):.2f}%"
